@@ -1,0 +1,321 @@
+//! Mounting and serving: the daemon's life from validated options to a clean exit.
+//!
+//! By default the command forks before any thread exists; the child mounts and reports
+//! over a pipe, and the parent exits 0 only once the mount is live (or prints the child's
+//! error and exits non-zero). The daemon ends when the mount goes away (`umount`,
+//! `strata umount`) or on SIGTERM/SIGINT/SIGHUP, which unmount it; if the session does not
+//! end after that (the mount was captured by another mount namespace), the connection is
+//! aborted through fusectl.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use super::options::{is_work_leftover, MountOptions};
+use super::StrataFs;
+use crate::error::MountError;
+use crate::sys;
+use crate::union::{Stack, StackPaths, Union, UnionOptions};
+
+/// The default entry/attribute timeout: strata makes every change itself, so the
+/// kernel's caches stay right for as long as it keeps them.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86400);
+
+/// A mount to make.
+#[derive(Clone, Debug)]
+pub struct MountRequest {
+    pub options: MountOptions,
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground instead of returning once mounted.
+    pub foreground: bool,
+}
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Options(#[from] MountError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Child(String),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let context = context.into();
+    move |source| DaemonError::Io { context, source }
+}
+
+/// Validates, mounts and (in the background unless `foreground`) serves the mount.
+///
+/// # Errors
+/// Bad options or paths (nothing is mounted or changed then), or the mount failing.
+pub fn mount(req: &MountRequest) -> Result<(), DaemonError> {
+    let paths = req.options.validate(&req.mountpoint)?;
+    if req.foreground {
+        return serve(req, &paths, None);
+    }
+    let (rd, wr) = rustix::pipe::pipe().map_err(|e| DaemonError::Io {
+        context: "pipe".into(),
+        source: e.into(),
+    })?;
+    match sys::fork().map_err(|e| DaemonError::Io {
+        context: "fork".into(),
+        source: e.into(),
+    })? {
+        sys::Forked::Parent(_) => {
+            drop(wr);
+            let mut msg = String::new();
+            std::fs::File::from(rd)
+                .read_to_string(&mut msg)
+                .map_err(io("reading the daemon's status"))?;
+            match msg.strip_prefix("ok") {
+                Some(_) => Ok(()),
+                None if msg.is_empty() => Err(DaemonError::Child(
+                    "the strata daemon exited before the mount was ready".into(),
+                )),
+                None => Err(DaemonError::Child(msg.trim_end().to_string())),
+            }
+        }
+        sys::Forked::Child => {
+            drop(rd);
+            let r = detach().and_then(|()| serve(req, &paths, Some(wr)));
+            // The parent has reported any error before the mount was ready; later ones
+            // can only be logged (stderr is /dev/null unless debugging).
+            if let Err(e) = &r {
+                log::error!("{e}");
+            }
+            r
+        }
+    }
+}
+
+/// Starts a new session and points the standard descriptors at /dev/null.
+fn detach() -> Result<(), DaemonError> {
+    sys::setsid().map_err(|e| DaemonError::Io {
+        context: "setsid".into(),
+        source: e.into(),
+    })?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(io("/dev/null"))?;
+    for fd in [0, 1, 2] {
+        sys::redirect_stdio(null.as_fd(), fd).map_err(|e| DaemonError::Io {
+            context: "dup2".into(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes what an interrupted earlier run left in the work directory.
+fn clean_work(work: &Path) -> Result<(), DaemonError> {
+    let dir = rustix::fs::open(
+        work,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| DaemonError::Io {
+        context: format!("workdir {}", work.display()),
+        source: e.into(),
+    })?;
+    let entries = sys::read_dir(dir.as_fd()).map_err(|e| DaemonError::Io {
+        context: format!("workdir {}", work.display()),
+        source: e.into(),
+    })?;
+    for e in entries.iter().filter(|e| is_work_leftover(&e.name)) {
+        sys::remove_tree_at(dir.as_fd(), &e.name).map_err(|err| DaemonError::Io {
+            context: format!("cleaning {:?} from workdir {}", e.name, work.display()),
+            source: err.into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn fuse_config(o: &MountOptions, read_only: bool) -> Config {
+    let root = sys::euid() == 0;
+    let mut opts = vec![
+        MountOption::FSName("strata".into()),
+        MountOption::Subtype("strata".into()),
+    ];
+    if o.default_permissions.unwrap_or(root) {
+        opts.push(MountOption::DefaultPermissions);
+    }
+    opts.push(if read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    opts.push(if o.dev.unwrap_or(false) {
+        MountOption::Dev
+    } else {
+        MountOption::NoDev
+    });
+    opts.push(if o.suid.unwrap_or(true) {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
+    opts.push(if o.exec.unwrap_or(true) {
+        MountOption::Exec
+    } else {
+        MountOption::NoExec
+    });
+    if o.noatime {
+        opts.push(MountOption::NoAtime);
+    }
+    let mut c = Config::default();
+    c.mount_options = opts;
+    c.acl = if o.allow_other.unwrap_or(root) {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    c.n_threads = Some(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2),
+    );
+    c.clone_fd = true;
+    c
+}
+
+/// Mounts and serves until the mount ends. `ready` (the pipe to the waiting parent) gets
+/// `ok` once the mount is live, or the error.
+fn serve(
+    req: &MountRequest,
+    paths: &StackPaths,
+    ready: Option<OwnedFd>,
+) -> Result<(), DaemonError> {
+    let mut ready = ready.map(std::fs::File::from);
+    let r = start(req, paths);
+    let session = match r {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(p) = ready.as_mut() {
+                if let Err(werr) = write!(p, "{e}") {
+                    log::error!("cannot report to the parent: {werr}");
+                }
+            }
+            return Err(e);
+        }
+    };
+    let mnt = req.mountpoint.clone();
+    let conn = connection_id(&mnt);
+    std::thread::Builder::new()
+        .name("strata-signals".into())
+        .spawn(move || on_termination(&mnt, conn))
+        .map_err(io("starting the signal thread"))?;
+    if let Some(mut p) = ready.take() {
+        if let Err(e) = p.write_all(b"ok") {
+            log::warn!("cannot report readiness: {e}");
+        }
+    }
+    session.run().map_err(io("serving the mount"))
+}
+
+fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, DaemonError> {
+    let o = &req.options;
+    let level = if o.debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    };
+    if let Err(e) = env_logger::Builder::new().filter_level(level).try_init() {
+        eprintln!("strata: logging unavailable: {e}");
+    }
+    // The daemon applies exact modes; the kernel already applied the caller's umask.
+    sys::set_umask(0);
+    sys::block_termination_signals().map_err(|e| DaemonError::Io {
+        context: "signal mask".into(),
+        source: e.into(),
+    })?;
+    if let Some(w) = &paths.work {
+        clean_work(w)?;
+    }
+    let stack = Stack::open_paths(paths).map_err(io("opening the layers"))?;
+    let union = Union::new(stack, UnionOptions { fsync: !o.no_fsync });
+    let notifier = Arc::new(OnceLock::new());
+    let fs = StrataFs::new(
+        Arc::new(union),
+        o.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        Arc::clone(&notifier),
+    );
+    let config = fuse_config(o, paths.upper.is_none());
+    let session = Session::new(fs, &req.mountpoint, &config)
+        .map_err(io(format!("mounting on {}", req.mountpoint.display())))?;
+    if notifier.set(session.notifier()).is_err() {
+        log::warn!("notifier already set");
+    }
+    Ok(session)
+}
+
+/// The fusectl connection number of the mount at `mnt` (its device minor).
+fn connection_id(mnt: &Path) -> Option<String> {
+    let canon = std::fs::canonicalize(mnt).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        (f.len() > 4 && Path::new(f[4]) == canon)
+            .then(|| f[2].split(':').nth(1).map(str::to_string))
+            .flatten()
+    })
+}
+
+/// Waits for SIGTERM/SIGINT/SIGHUP, then unmounts; aborts the connection if the session
+/// has not ended a few seconds later.
+fn on_termination(mnt: &Path, conn: Option<String>) {
+    let sig = sys::wait_termination_signal();
+    log::info!("signal {sig}: unmounting {}", mnt.display());
+    if let Err(e) = sys::unmount(mnt, false) {
+        log::info!("unmount of {} failed ({e}), detaching it", mnt.display());
+        if let Err(e) = sys::unmount(mnt, true) {
+            log::warn!("lazy unmount of {} failed: {e}", mnt.display());
+        }
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    if let Some(c) = conn {
+        let abort = format!("/sys/fs/fuse/connections/{c}/abort");
+        log::warn!("session still running 5 s after unmounting: aborting through {abort}");
+        if let Err(e) = std::fs::write(&abort, b"1") {
+            log::error!("cannot abort the FUSE connection: {e}");
+        }
+    }
+}
+
+/// `strata umount MNT`: unmounts a strata mount (lazily with `lazy`).
+///
+/// # Errors
+/// When `mnt` is not a strata mount, or the unmount fails (e.g. busy).
+pub fn umount(mnt: &Path, lazy: bool) -> Result<(), DaemonError> {
+    let canon = std::fs::canonicalize(mnt).map_err(io(format!("mountpoint {}", mnt.display())))?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(io("/proc/self/mounts"))?;
+    let ours = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 2
+            && Path::new(f[1]) == canon
+            && f[2].starts_with("fuse")
+            && (f[0] == "strata" || f[2] == "fuse.strata")
+    });
+    if !ours {
+        return Err(DaemonError::Child(format!(
+            "{} is not a strata mount",
+            mnt.display()
+        )));
+    }
+    sys::unmount(&canon, lazy).map_err(|e| DaemonError::Io {
+        context: format!("unmounting {}", mnt.display()),
+        source: e.into(),
+    })
+}

@@ -1,0 +1,552 @@
+//! The system-call boundary: the only module allowed `unsafe` code.
+//!
+//! Most calls go through `rustix`, which is already safe; what lives here is the small set
+//! of helpers the union layer needs on top (confined path resolution, xattrs on `O_PATH`
+//! descriptors, fd-relative tree removal) and the few calls rustix does not offer safely
+//! (`fork`, signal masks). Every path that reaches into a layer is resolved relative to the
+//! layer's root descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so no
+//! symlink in a layer can lead outside it.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno as RErrno;
+
+pub use rustix::fs::Stat;
+
+/// The longest path handed to one `openat2` call; longer relative paths are walked in
+/// pieces so that trees deeper than `PATH_MAX` still work.
+const PATH_CHUNK: usize = 3072;
+
+/// The resolution rules for every path inside a layer.
+fn beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+/// Safe wrapper for `openat2(2)` confined to `root`: opens `rel` (a relative path of plain
+/// components) below `root` without following any symlink.
+///
+/// # Errors
+/// The errno of `openat2`; `ELOOP` when a component is a symlink.
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    flags: OFlags,
+    mode: u32,
+) -> Result<OwnedFd, RErrno> {
+    let bytes = rel.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return openat2_retry(root, c".", flags, mode);
+    }
+    if bytes.len() <= PATH_CHUNK {
+        return openat2_retry(root, rel, flags, mode);
+    }
+    // Walk the long path a chunk of whole components at a time.
+    let comps: Vec<&OsStr> = rel.iter().collect();
+    let mut cur: Option<OwnedFd> = None;
+    let mut start = 0;
+    while start < comps.len() {
+        let mut end = start;
+        let mut len = 0;
+        while end < comps.len() && (end == start || len + comps[end].len() < PATH_CHUNK) {
+            len += comps[end].len() + 1;
+            end += 1;
+        }
+        let piece: PathBuf = comps[start..end].iter().collect();
+        let last = end == comps.len();
+        let (f, m) = if last {
+            (flags, mode)
+        } else {
+            (OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, 0)
+        };
+        let dir = match &cur {
+            Some(fd) => fd.as_fd(),
+            None => root,
+        };
+        let next = openat2_retry(dir, piece.as_path(), f, m)?;
+        cur = Some(next);
+        start = end;
+    }
+    cur.ok_or(RErrno::INVAL)
+}
+
+fn openat2_retry<P: rustix::path::Arg + Copy>(
+    dir: BorrowedFd<'_>,
+    path: P,
+    flags: OFlags,
+    mode: u32,
+) -> Result<OwnedFd, RErrno> {
+    loop {
+        match rustix::fs::openat2(
+            dir,
+            path,
+            flags | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+            beneath(),
+        ) {
+            // openat2 asks to retry when a concurrent rename raced the resolution.
+            Err(RErrno::AGAIN) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Safe wrapper for `fstatat(2)` on one name in a directory, not following symlinks.
+///
+/// # Errors
+/// The errno of `fstatat`.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Stat, RErrno> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+/// Safe wrapper for `fstat(2)`.
+///
+/// # Errors
+/// The errno of `fstat`.
+pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<Stat, RErrno> {
+    rustix::fs::fstat(fd)
+}
+
+/// The `/proc/self/fd/N` path of a descriptor. Following it reaches the very inode the
+/// descriptor holds (even a symlink opened with `O_PATH`), which is how xattrs, modes and
+/// times are changed through `O_PATH` descriptors.
+fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    // A decimal number never holds a NUL byte.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// Safe wrapper for `getxattr(2)` on the inode behind `fd` (any kind, `O_PATH` allowed).
+/// Returns `None` when the attribute is absent.
+///
+/// # Errors
+/// The errno of `getxattr`, other than `ENODATA`.
+pub fn xattr_get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>, RErrno> {
+    let path = proc_path(fd);
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(RErrno::NODATA) => return Ok(None),
+            Err(RErrno::RANGE) => {
+                let n: usize = rustix::fs::getxattr(path.as_c_str(), name, &mut [0u8; 0][..])?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Safe wrapper for `listxattr(2)` on the inode behind `fd`: the attribute names.
+///
+/// # Errors
+/// The errno of `listxattr`.
+pub fn xattr_list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>, RErrno> {
+    let path = proc_path(fd);
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::listxattr(path.as_c_str(), &mut buf[..]) {
+            Ok(n) => break n,
+            Err(RErrno::RANGE) => {
+                let n: usize = rustix::fs::listxattr(path.as_c_str(), &mut [0u8; 0][..])?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsStr::from_bytes(s).to_os_string())
+        .collect())
+}
+
+/// Safe wrapper for `setxattr(2)` on the inode behind `fd`.
+///
+/// # Errors
+/// The errno of `setxattr`.
+pub fn xattr_set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<(), RErrno> {
+    let flags = rustix::fs::XattrFlags::from_bits_retain(flags as _);
+    rustix::fs::setxattr(proc_path(fd).as_c_str(), name, value, flags)
+}
+
+/// Safe wrapper for `removexattr(2)` on the inode behind `fd`.
+///
+/// # Errors
+/// The errno of `removexattr`.
+pub fn xattr_remove(fd: BorrowedFd<'_>, name: &OsStr) -> Result<(), RErrno> {
+    rustix::fs::removexattr(proc_path(fd).as_c_str(), name)
+}
+
+/// Safe wrapper for `fchmodat(2)` on the inode behind `fd`.
+///
+/// # Errors
+/// The errno of `chmod`.
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<(), RErrno> {
+    rustix::fs::chmod(proc_path(fd).as_c_str(), Mode::from_raw_mode(mode))
+}
+
+/// Safe wrapper for `fchownat(2)` with `AT_EMPTY_PATH`: changes the owner of the inode
+/// behind `fd` itself (a symlink is not followed).
+///
+/// # Errors
+/// The errno of `fchownat`.
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<(), RErrno> {
+    let uid = uid.map(rustix::fs::Uid::from_raw);
+    let gid = gid.map(rustix::fs::Gid::from_raw);
+    rustix::fs::chownat(
+        fd,
+        c"",
+        uid,
+        gid,
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )
+}
+
+/// A timestamp to set: a value, the current time, or leave it alone.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    Omit,
+    Now,
+    At(i64, i64),
+}
+
+fn timespec(t: SetTime) -> rustix::fs::Timespec {
+    match t {
+        SetTime::Omit => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT as _,
+        },
+        SetTime::Now => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW as _,
+        },
+        SetTime::At(s, n) => rustix::fs::Timespec {
+            tv_sec: s,
+            tv_nsec: n as _,
+        },
+    }
+}
+
+/// Safe wrapper for `utimensat(2)` on the inode behind `fd` (a symlink itself is changed).
+///
+/// # Errors
+/// The errno of `utimensat`.
+pub fn utimens_fd(fd: BorrowedFd<'_>, atime: SetTime, mtime: SetTime) -> Result<(), RErrno> {
+    let times = rustix::fs::Timestamps {
+        last_access: timespec(atime),
+        last_modification: timespec(mtime),
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        proc_path(fd).as_c_str(),
+        &times,
+        AtFlags::empty(),
+    )
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct RawEntry {
+    pub name: OsString,
+    pub ino: u64,
+    /// The `DT_*` type from `getdents64`, `DT_UNKNOWN` where the filesystem does not say.
+    pub dtype: u8,
+}
+
+/// Reads every entry of the directory `dir` (an fd opened for reading), without `.`/`..`.
+///
+/// # Errors
+/// The errno of `getdents64`.
+pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Vec<RawEntry>, RErrno> {
+    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut out = Vec::new();
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let dtype = match ent.file_type() {
+            rustix::fs::FileType::RegularFile => libc::DT_REG,
+            rustix::fs::FileType::Directory => libc::DT_DIR,
+            rustix::fs::FileType::Symlink => libc::DT_LNK,
+            rustix::fs::FileType::Fifo => libc::DT_FIFO,
+            rustix::fs::FileType::Socket => libc::DT_SOCK,
+            rustix::fs::FileType::CharacterDevice => libc::DT_CHR,
+            rustix::fs::FileType::BlockDevice => libc::DT_BLK,
+            _ => libc::DT_UNKNOWN,
+        };
+        out.push(RawEntry {
+            name: OsStr::from_bytes(name).to_os_string(),
+            ino: ent.ino(),
+            dtype,
+        });
+    }
+    Ok(out)
+}
+
+/// Removes `name` in `dir` and, if it is a directory, everything below it, using only
+/// descriptor-relative calls (so depth is unlimited).
+///
+/// # Errors
+/// The first errno met; entries removed before it stay removed.
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), RErrno> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(RErrno::ISDIR) | Err(RErrno::PERM) => {}
+        Err(e) => return Err(e),
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for ent in read_dir(sub.as_fd())? {
+        remove_tree_at(sub.as_fd(), &ent.name)?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// Safe wrapper for `mknodat(2)` making a whiteout: a character device 0/0.
+///
+/// # Errors
+/// The errno of `mknodat` (`EPERM` where device nodes may not be made).
+pub fn mknod_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), RErrno> {
+    rustix::fs::mknodat(
+        dir,
+        name,
+        rustix::fs::FileType::CharacterDevice,
+        Mode::empty(),
+        0,
+    )
+}
+
+/// Safe wrapper for `mknodat(2)`.
+///
+/// # Errors
+/// The errno of `mknodat`.
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> Result<(), RErrno> {
+    let ft = rustix::fs::FileType::from_raw_mode(mode);
+    rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(mode & 0o7777), rdev)
+}
+
+/// Safe wrapper for `renameat2(2)`.
+///
+/// # Errors
+/// The errno of `renameat2`.
+pub fn rename_at(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+    flags: rustix::fs::RenameFlags,
+) -> Result<(), RErrno> {
+    rustix::fs::renameat_with(old_dir, old, new_dir, new, flags)
+}
+
+/// Safe wrapper for `ioctl(FICLONE)`, then `copy_file_range(2)` over the data extents of
+/// `src` (found with `SEEK_DATA`/`SEEK_HOLE`), so holes stay holes. `dst` must be empty.
+///
+/// # Errors
+/// The errno of the copy.
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(), RErrno> {
+    if len == 0 || rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match rustix::fs::seek(src, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(RErrno::NXIO) => break, // only a hole remains
+            Err(_) => pos,              // no SEEK_DATA: copy everything
+        };
+        let hole = rustix::fs::seek(src, rustix::fs::SeekFrom::Hole(data))
+            .unwrap_or(len)
+            .min(len);
+        let mut off_in = data;
+        let mut off_out = data;
+        while off_in < hole {
+            let want = usize::try_from(hole - off_in)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            let n = match rustix::fs::copy_file_range(
+                src,
+                Some(&mut off_in),
+                dst,
+                Some(&mut off_out),
+                want,
+            ) {
+                Ok(n) => n,
+                Err(RErrno::XDEV)
+                | Err(RErrno::NOSYS)
+                | Err(RErrno::OPNOTSUPP)
+                | Err(RErrno::INVAL) => {
+                    copy_by_hand(src, dst, &mut off_in, &mut off_out, hole)?;
+                    break;
+                }
+                Err(RErrno::INTR) => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
+            }
+        }
+        pos = hole;
+    }
+    // A trailing hole: give the copy its full length.
+    rustix::fs::ftruncate(dst, len)
+}
+
+fn copy_by_hand(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    off_in: &mut u64,
+    off_out: &mut u64,
+    end: u64,
+) -> Result<(), RErrno> {
+    let mut buf = vec![0u8; 1 << 20];
+    while *off_in < end {
+        let want = usize::try_from(end - *off_in)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = rustix::io::pread(src, &mut buf[..want], *off_in)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += rustix::io::pwrite(dst, &buf[done..n], *off_out + done as u64)?;
+        }
+        *off_in += n as u64;
+        *off_out += n as u64;
+    }
+    Ok(())
+}
+
+/// Converts a `CStr` path to an `OsStr`.
+pub fn os(c: &CStr) -> &OsStr {
+    OsStr::from_bytes(c.to_bytes())
+}
+
+// ---------------------------------------------------------------------------------------
+// Process control for the daemon.
+
+/// The result of [`fork`].
+pub enum Forked {
+    Parent(i32),
+    Child,
+}
+
+/// Safe wrapper for `fork(2)`.
+///
+/// Must be called while the process has a single thread: the child gets a copy of only
+/// the calling thread, and any lock another thread held would stay locked forever.
+///
+/// # Errors
+/// The errno of `fork`.
+pub fn fork() -> Result<Forked, RErrno> {
+    // SAFETY: callers fork before starting any thread (documented above); the child
+    // continues with ordinary Rust code in a single-threaded process.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(RErrno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )),
+        0 => Ok(Forked::Child),
+        p => Ok(Forked::Parent(p)),
+    }
+}
+
+/// Safe wrapper for `setsid(2)`.
+///
+/// # Errors
+/// The errno of `setsid`.
+pub fn setsid() -> Result<(), RErrno> {
+    rustix::process::setsid().map(|_| ())
+}
+
+/// Safe wrapper for `umask(2)`; returns the previous mask.
+pub fn set_umask(mask: u32) -> u32 {
+    rustix::process::umask(Mode::from_raw_mode(mask)).bits()
+}
+
+/// Safe wrapper for `dup2(2)` onto a standard descriptor (0, 1 or 2).
+///
+/// # Errors
+/// The errno of `dup2`.
+pub fn redirect_stdio(from: BorrowedFd<'_>, to_std: i32) -> Result<(), RErrno> {
+    // SAFETY: dup2 onto 0/1/2 only replaces a standard descriptor; Rust's std owns no
+    // other state tied to those numbers.
+    let r = unsafe { libc::dup2(from.as_raw_fd(), to_std) };
+    if r < 0 {
+        return Err(RErrno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ));
+    }
+    Ok(())
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every thread it
+/// starts afterwards), so that [`wait_termination_signal`] can take them synchronously.
+///
+/// # Errors
+/// The errno of `pthread_sigmask`.
+pub fn block_termination_signals() -> Result<(), RErrno> {
+    let set = termination_set();
+    // SAFETY: `set` is a fully initialised sigset_t; a null old-set pointer is allowed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(RErrno::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset fully initialises the zeroed set; sigaddset only sets bits.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Waits for one of the signals blocked by [`block_termination_signals`] and returns it.
+pub fn wait_termination_signal() -> i32 {
+    let set = termination_set();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid out pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    sig
+}
+
+/// Safe wrapper for `umount2(2)`; `lazy` adds `MNT_DETACH`.
+///
+/// # Errors
+/// The errno of `umount2`.
+pub fn unmount(path: &Path, lazy: bool) -> Result<(), RErrno> {
+    let flags = if lazy {
+        rustix::mount::UnmountFlags::DETACH
+    } else {
+        rustix::mount::UnmountFlags::empty()
+    };
+    rustix::mount::unmount(path, flags)
+}
+
+/// Safe wrapper for `geteuid(2)`.
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}

@@ -1,0 +1,167 @@
+//! Copy-up: bringing a lower entry into the upper layer before it changes.
+//!
+//! The copy is built under a temporary name in the work directory (data by `FICLONE`, else
+//! `copy_file_range` over data extents so holes stay holes; then owner, mode, xattrs and
+//! times, in that order because `chown` clears set-id bits and file capabilities) and
+//! renamed into place with `RENAME_NOREPLACE`, so no reader ever sees a partial file.
+//! Parents are copied up first. Callers hold the namespace lock for writing.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, RenameFlags};
+
+use super::inode::{NodeKind, ROOT_ID};
+use super::layer;
+use super::Union;
+use crate::error::{Errno, Result};
+use crate::sys;
+
+impl Union {
+    /// Makes sure node `id` has its own copy in the upper layer.
+    pub(super) fn copy_up(&self, id: u64) -> Result<()> {
+        let upper = self.stack.upper()?;
+        let layer = self.inodes.lock().get(id).ok_or(Errno::ENOENT)?.layer;
+        if layer == upper || id == ROOT_ID {
+            return Ok(());
+        }
+        let (parent, name) = self.first_name(id)?;
+        self.copy_up(parent)?;
+        let (_, dir, _) = self.node_info(parent)?;
+        let src_dir = self.stack.open_dir(layer, &dir)?;
+        let st = sys::stat_at(src_dir.as_fd(), &name)?;
+        let work = self.stack.work()?;
+        let tmp = self.stack.tmp_name();
+        let placed = self
+            .copy_entry(src_dir.as_fd(), &name, &st, work, &tmp)
+            .and_then(|()| {
+                let dst_dir = self.stack.open_dir(upper, &dir)?;
+                sys::rename_at(work, &tmp, dst_dir.as_fd(), &name, RenameFlags::NOREPLACE)?;
+                Ok(sys::stat_at(dst_dir.as_fd(), &name)?)
+            });
+        let new_st = match placed {
+            Ok(st) => st,
+            Err(e) => {
+                self.discard(work, &tmp);
+                return Err(e);
+            }
+        };
+        let mut inodes = self.inodes.lock();
+        if let Some(node) = inodes.get_mut(id) {
+            node.layer = upper;
+            if let NodeKind::Dir { layers } = &mut node.kind {
+                if layers.first() != Some(&upper) {
+                    layers.insert(0, upper);
+                }
+            }
+        }
+        if let Some(ident) = self.stack.ino_of(upper, new_st.st_ino) {
+            inodes.add_alias(ident, id);
+        }
+        Ok(())
+    }
+
+    /// Removes a staging leftover from the work directory, logging what cannot be removed.
+    pub(super) fn discard(&self, work: BorrowedFd<'_>, tmp: &OsStr) {
+        match sys::remove_tree_at(work, tmp) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => log::warn!("cannot remove {tmp:?} from the work directory: {e}"),
+        }
+    }
+
+    /// Copies the entry `name` of `src_dir` (stat `st`) to `tmp` in `work`.
+    fn copy_entry(
+        &self,
+        src_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &sys::Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+    ) -> Result<()> {
+        let fmt = st.st_mode & libc::S_IFMT;
+        let src_path = Path::new(name);
+        let src = sys::open_beneath(src_dir, src_path, OFlags::PATH | OFlags::NOFOLLOW, 0)?;
+        let dst: OwnedFd = match fmt {
+            libc::S_IFREG => {
+                let data =
+                    sys::open_beneath(src_dir, src_path, OFlags::RDONLY | OFlags::NOFOLLOW, 0)?;
+                let dst = rustix::fs::openat(
+                    work,
+                    tmp,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                sys::copy_data(
+                    data.as_fd(),
+                    dst.as_fd(),
+                    u64::try_from(st.st_size).unwrap_or(0),
+                )?;
+                if self.opts.fsync {
+                    rustix::fs::fsync(dst.as_fd())?;
+                }
+                dst
+            }
+            libc::S_IFDIR => {
+                rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
+                rustix::fs::openat(
+                    work,
+                    tmp,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?
+            }
+            libc::S_IFLNK => {
+                let target = rustix::fs::readlinkat(src.as_fd(), c"", Vec::new())?;
+                rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
+                rustix::fs::openat(
+                    work,
+                    tmp,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?
+            }
+            _ => {
+                sys::mknod_at(work, tmp, st.st_mode, st.st_rdev)?;
+                rustix::fs::openat(
+                    work,
+                    tmp,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?
+            }
+        };
+        self.copy_meta(src.as_fd(), dst.as_fd(), st)
+    }
+
+    /// Owner, mode, xattrs (overlay-private ones excepted) and times of `st`/`src` onto `dst`.
+    pub(super) fn copy_meta(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        st: &sys::Stat,
+    ) -> Result<()> {
+        let fmt = st.st_mode & libc::S_IFMT;
+        if self.root {
+            sys::chown_fd(dst, Some(st.st_uid), Some(st.st_gid))?;
+        }
+        if fmt != libc::S_IFLNK {
+            sys::chmod_fd(dst, st.st_mode & 0o7777)?;
+        }
+        match sys::xattr_list(src) {
+            Ok(names) => {
+                for n in names.iter().filter(|n| !layer::is_private_xattr(n)) {
+                    if let Some(v) = sys::xattr_get(src, n)? {
+                        sys::xattr_set(dst, n, &v, 0)?;
+                    }
+                }
+            }
+            Err(rustix::io::Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let at = sys::SetTime::At(st.st_atime, st.st_atime_nsec as i64);
+        let mt = sys::SetTime::At(st.st_mtime, st.st_mtime_nsec as i64);
+        sys::utimens_fd(dst, at, mt)?;
+        Ok(())
+    }
+}

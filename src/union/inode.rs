@@ -1,0 +1,358 @@
+//! The inode table: what the kernel knows by node id.
+//!
+//! A node id is also the `st_ino` the mount reports (fuser sends `attr.ino` as the node id
+//! of `create` and `readdirplus` replies), so ids are derived from the file's identity in
+//! its layer: hard links are one node, and a directory keeps one id for as long as it is
+//! merged (its id comes from its bottom-most layer, which copy-up never changes). A node
+//! records the names it is known by, the layer holding its visible copy, and the kernel's
+//! lookup count; `forget` drops it when that count reaches zero, so the table stays as
+//! large as the kernel's own inode cache and no larger.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+
+use super::layer::{LayerIdx, SYNTHETIC_BASE};
+
+/// The node id of the mount's root directory (fixed by FUSE).
+pub const ROOT_ID: u64 = 1;
+
+/// What kind of node this is; directories know the layers they merge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A directory, with the layers (top first) where it exists as a directory; the list
+    /// ends at the first opaque one.
+    Dir { layers: Vec<LayerIdx> },
+    /// Anything else; `fmt` is the `S_IFMT` bits.
+    NotDir { fmt: u32 },
+}
+
+impl NodeKind {
+    /// How many layers a directory merges (0 for other nodes).
+    pub fn dir_len(&self) -> usize {
+        match self {
+            NodeKind::Dir { layers } => layers.len(),
+            NodeKind::NotDir { .. } => 0,
+        }
+    }
+}
+
+/// One inode the kernel holds.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub kind: NodeKind,
+    /// The layer holding the visible copy.
+    pub layer: LayerIdx,
+    /// The (parent id, name) pairs this node is known by; empty once it was removed.
+    pub names: Vec<(u64, OsString)>,
+    /// The kernel's lookup count.
+    pub lookups: u64,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, NodeKind::Dir { .. })
+    }
+
+    /// The layers of a directory (empty for other nodes).
+    pub fn dir_layers(&self) -> &[LayerIdx] {
+        match &self.kind {
+            NodeKind::Dir { layers } => layers,
+            NodeKind::NotDir { .. } => &[],
+        }
+    }
+
+    /// True for a directory merged from more than one layer.
+    pub fn is_merged_dir(&self) -> bool {
+        self.dir_layers().len() > 1
+    }
+}
+
+/// The table itself. Callers hold it behind a mutex and keep each critical section short.
+#[derive(Debug, Default)]
+pub struct Inodes {
+    nodes: HashMap<u64, Node>,
+    /// Other identities that lead to an existing node: the upper copy of a copied-up file.
+    alias: HashMap<u64, u64>,
+    /// Names that resolve to an identity already taken by another node (a lower hard link
+    /// whose sibling was copied up): (identity, parent, name) to the synthetic id given.
+    split: HashMap<(u64, u64, OsString), u64>,
+    /// (parent, name) to the node it leads to, for every name of every node.
+    by_name: HashMap<(u64, OsString), u64>,
+    next_synthetic: u64,
+}
+
+impl Inodes {
+    /// A table holding only the root directory.
+    pub fn new(root_layers: Vec<LayerIdx>) -> Inodes {
+        let mut t = Inodes {
+            next_synthetic: SYNTHETIC_BASE,
+            ..Default::default()
+        };
+        let layer = root_layers.first().copied().unwrap_or(0);
+        t.nodes.insert(
+            ROOT_ID,
+            Node {
+                kind: NodeKind::Dir {
+                    layers: root_layers,
+                },
+                layer,
+                names: Vec::new(),
+                lookups: 1,
+            },
+        );
+        t
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn synthetic(&mut self) -> u64 {
+        self.next_synthetic += 1;
+        self.next_synthetic
+    }
+
+    /// Records a lookup of `name` in `parent` that found `kind` in `layer`, whose identity
+    /// is `ident` (`None` when the layer inode does not map to a number). Returns the node
+    /// id, bumping its lookup count when `count` is set.
+    pub fn found(
+        &mut self,
+        parent: u64,
+        name: &OsString,
+        ident: Option<u64>,
+        kind: NodeKind,
+        layer: LayerIdx,
+        count: bool,
+    ) -> u64 {
+        let id = self.id_for(parent, name, ident, &kind, layer);
+        let node = self.nodes.entry(id).or_insert_with(|| Node {
+            kind: kind.clone(),
+            layer,
+            names: Vec::new(),
+            lookups: 0,
+        });
+        node.kind = kind;
+        node.layer = layer;
+        let mut dropped = Vec::new();
+        if !node.names.iter().any(|(p, n)| *p == parent && n == name) {
+            if node.is_dir() {
+                dropped = std::mem::take(&mut node.names);
+            }
+            node.names.push((parent, name.clone()));
+        }
+        if count {
+            node.lookups += 1;
+        }
+        for old in dropped {
+            self.by_name.remove(&old);
+        }
+        if let Some(prev) = self.by_name.insert((parent, name.clone()), id) {
+            if prev != id {
+                if let Some(p) = self.nodes.get_mut(&prev) {
+                    p.names.retain(|(pp, nn)| !(*pp == parent && nn == name));
+                }
+            }
+        }
+        id
+    }
+
+    fn id_for(
+        &mut self,
+        parent: u64,
+        name: &OsString,
+        ident: Option<u64>,
+        kind: &NodeKind,
+        layer: LayerIdx,
+    ) -> u64 {
+        let Some(ident) = ident else {
+            return self.split_id(0, parent, name);
+        };
+        if let Some(split) = self.split.get(&(ident, parent, name.clone())) {
+            return *split;
+        }
+        let via_alias = self.alias.contains_key(&ident);
+        let id = self.alias.get(&ident).copied().unwrap_or(ident);
+        match self.nodes.get(&id) {
+            None => id,
+            Some(n) => {
+                let is_dir = matches!(kind, NodeKind::Dir { .. });
+                // A directory's id comes from its bottom layer, so its top layer may change;
+                // a file found in another layer than its node's copy is a different file
+                // (a lower hard link of a copied-up file, or a reused inode number).
+                if n.is_dir() == is_dir && (is_dir || n.layer == layer || via_alias) {
+                    id
+                } else {
+                    self.split_id(ident, parent, name)
+                }
+            }
+        }
+    }
+
+    fn split_id(&mut self, ident: u64, parent: u64, name: &OsString) -> u64 {
+        let id = self.synthetic();
+        self.split.insert((ident, parent, name.clone()), id);
+        id
+    }
+
+    /// The id an identity maps to now, without recording anything (for listings).
+    pub fn peek_id(&self, ident: Option<u64>) -> u64 {
+        match ident {
+            Some(i) => self.alias.get(&i).copied().unwrap_or(i),
+            None => SYNTHETIC_BASE - 1,
+        }
+    }
+
+    /// Another identity (the upper copy's) now leads to node `id`.
+    pub fn add_alias(&mut self, ident: u64, id: u64) {
+        if ident != id {
+            self.alias.insert(ident, id);
+        }
+    }
+
+    /// The node `name` in `parent` is known to lead to, if the kernel holds one.
+    pub fn child(&self, parent: u64, name: &OsString) -> Option<u64> {
+        self.by_name.get(&(parent, name.clone())).copied()
+    }
+
+    /// `name` in `parent` no longer leads anywhere.
+    pub fn remove_name(&mut self, parent: u64, name: &OsString) {
+        if let Some(id) = self.by_name.remove(&(parent, name.clone())) {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.names.retain(|(p, nm)| !(*p == parent && nm == name));
+            }
+        }
+        self.split
+            .retain(|(_, p, nm), _| !(*p == parent && nm == name));
+    }
+
+    /// What `name` in `parent` led to is now `new_name` in `new_parent` (which led to
+    /// nothing, or to a node that loses that name).
+    pub fn rename(&mut self, parent: u64, name: &OsString, new_parent: u64, new_name: &OsString) {
+        self.remove_name(new_parent, new_name);
+        if let Some(id) = self.by_name.remove(&(parent, name.clone())) {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                for entry in n.names.iter_mut() {
+                    if entry.0 == parent && &entry.1 == name {
+                        *entry = (new_parent, new_name.clone());
+                    }
+                }
+            }
+            self.by_name.insert((new_parent, new_name.clone()), id);
+        }
+        let moved: Vec<_> = self
+            .split
+            .iter()
+            .filter(|((_, p, nm), _)| *p == parent && nm == name)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for ((ident, _, _), v) in moved {
+            self.split.remove(&(ident, parent, name.clone()));
+            self.split.insert((ident, new_parent, new_name.clone()), v);
+        }
+    }
+
+    /// The nodes behind two names swap places (`RENAME_EXCHANGE`).
+    pub fn exchange(&mut self, a_parent: u64, a_name: &OsString, b_parent: u64, b_name: &OsString) {
+        let a = self.by_name.remove(&(a_parent, a_name.clone()));
+        let b = self.by_name.remove(&(b_parent, b_name.clone()));
+        let put =
+            |this: &mut Self, id: Option<u64>, from: (u64, &OsString), to: (u64, &OsString)| {
+                if let Some(id) = id {
+                    if let Some(n) = this.nodes.get_mut(&id) {
+                        for e in n.names.iter_mut() {
+                            if e.0 == from.0 && &e.1 == from.1 {
+                                *e = (to.0, to.1.clone());
+                            }
+                        }
+                    }
+                    this.by_name.insert((to.0, to.1.clone()), id);
+                }
+            };
+        put(self, a, (a_parent, a_name), (b_parent, b_name));
+        put(self, b, (b_parent, b_name), (a_parent, a_name));
+    }
+
+    /// The kernel forgot `n` lookups of `id`; drops the node when none remain.
+    pub fn forget(&mut self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        let drop = match self.nodes.get_mut(&id) {
+            Some(node) => {
+                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups == 0
+            }
+            None => false,
+        };
+        if drop {
+            if let Some(node) = self.nodes.remove(&id) {
+                for name in node.names {
+                    if self.by_name.get(&name) == Some(&id) {
+                        self.by_name.remove(&name);
+                    }
+                }
+            }
+            self.alias.retain(|_, v| *v != id);
+            self.split.retain(|_, v| *v != id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> OsString {
+        OsString::from(s)
+    }
+
+    #[test]
+    fn hard_links_share_a_node_and_forget_frees_it() {
+        let mut t = Inodes::new(vec![0, 1]);
+        let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
+        let a = t.found(ROOT_ID, &name("a"), Some(100), kind.clone(), 1, true);
+        let b = t.found(ROOT_ID, &name("b"), Some(100), kind, 1, true);
+        assert_eq!(a, b);
+        assert_eq!(t.get(a).map(|n| n.names.len()), Some(2));
+        t.forget(a, 1);
+        assert!(t.get(a).is_some());
+        t.forget(a, 1);
+        assert!(t.get(a).is_none());
+    }
+
+    #[test]
+    fn copied_up_file_keeps_its_id_through_the_alias() {
+        let mut t = Inodes::new(vec![0, 1]);
+        let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
+        let a = t.found(ROOT_ID, &name("a"), Some(100), kind.clone(), 1, true);
+        t.get_mut(a).unwrap().layer = 0;
+        t.add_alias(500, a);
+        assert_eq!(t.found(ROOT_ID, &name("a"), Some(500), kind, 0, true), a);
+    }
+
+    #[test]
+    fn lower_link_of_a_copied_up_file_is_a_different_node() {
+        let mut t = Inodes::new(vec![0, 1]);
+        let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
+        let a = t.found(ROOT_ID, &name("a"), Some(100), kind.clone(), 1, true);
+        t.get_mut(a).unwrap().layer = 0;
+        t.add_alias(500, a);
+        let b = t.found(ROOT_ID, &name("b"), Some(100), kind.clone(), 1, true);
+        assert_ne!(a, b);
+        assert!(b >= SYNTHETIC_BASE);
+        // The same name keeps the same synthetic id.
+        assert_eq!(t.found(ROOT_ID, &name("b"), Some(100), kind, 1, true), b);
+    }
+}

@@ -1,0 +1,337 @@
+//! Name resolution over the stack, and merged directory listings.
+//!
+//! [`Union::resolve`] is the one rule for "what does NAME in this directory refer to":
+//! walk the directory's layers top-down; a whiteout (a 0/0 character device, or an OCI
+//! `.wh.NAME` beside it) ends the walk; the first real entry wins; if it is a directory,
+//! the walk goes on collecting lower directories of the same name until a non-directory,
+//! a whiteout or an opaque directory. [`Union::list`] applies the same rule to whole
+//! directories, so a name is listed exactly when it can be looked up.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::OFlags;
+
+use super::inode::{NodeKind, ROOT_ID};
+use super::layer::{self, LayerIdx};
+use super::{check_name, is_marker, Attr, Union};
+use crate::error::{Errno, Result};
+use crate::sys;
+
+/// What a name resolved to.
+#[derive(Clone, Debug)]
+pub(super) struct Resolved {
+    /// The layer of the visible (top-most) copy.
+    pub layer: LayerIdx,
+    pub st: sys::Stat,
+    pub kind: NodeKind,
+    /// The identity the node id is derived from (`None` if it does not map).
+    pub ident: Option<u64>,
+}
+
+/// One entry of a merged listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    /// The `S_IFMT` bits of the entry's type.
+    pub fmt: u32,
+}
+
+fn is_dir(st: &sys::Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn skip_missing<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        // The layer lacks the directory (or has something else there): it adds nothing.
+        Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR || e == Errno::ELOOP => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn dtype_fmt(dtype: u8) -> u32 {
+    match dtype {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => libc::S_IFREG,
+    }
+}
+
+impl Union {
+    /// Resolves `name` in the directory at `dir` merged from `layers` (top first).
+    pub(super) fn resolve(
+        &self,
+        layers: &[LayerIdx],
+        dir: &Path,
+        name: &OsStr,
+    ) -> Result<Option<Resolved>> {
+        if is_marker(name) {
+            return Ok(None);
+        }
+        let mut top: Option<(LayerIdx, sys::Stat)> = None;
+        let mut dir_layers = Vec::new();
+        let mut bottom_ino = 0;
+        for &l in layers {
+            let Some(dfd) = skip_missing(self.stack.open_dir(l, dir))? else {
+                continue;
+            };
+            match sys::stat_at(dfd.as_fd(), name) {
+                Ok(st) if layer::is_whiteout(&st) => break,
+                Ok(st) => {
+                    if top.is_none() {
+                        top = Some((l, st));
+                    }
+                    if !is_dir(&st) {
+                        break;
+                    }
+                    dir_layers.push(l);
+                    bottom_ino = st.st_ino;
+                    let child = sys::open_beneath(
+                        dfd.as_fd(),
+                        Path::new(name),
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                        0,
+                    )?;
+                    if layer::is_opaque(child.as_fd())? {
+                        break;
+                    }
+                }
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if layer::has_oci_whiteout(dfd.as_fd(), name)? {
+                break;
+            }
+        }
+        let Some((l, st)) = top else {
+            return Ok(None);
+        };
+        Ok(Some(if is_dir(&st) {
+            let bottom = dir_layers.last().copied().unwrap_or(l);
+            Resolved {
+                layer: l,
+                st,
+                ident: self.stack.ino_of(bottom, bottom_ino),
+                kind: NodeKind::Dir { layers: dir_layers },
+            }
+        } else {
+            Resolved {
+                layer: l,
+                st,
+                ident: self.stack.ino_of(l, st.st_ino),
+                kind: NodeKind::NotDir {
+                    fmt: st.st_mode & libc::S_IFMT,
+                },
+            }
+        }))
+    }
+
+    /// Resolves `name` in directory node `parent`.
+    pub(super) fn resolve_in(&self, parent: u64, name: &OsStr) -> Result<Option<Resolved>> {
+        let (layers, dir) = self.dir_info(parent)?;
+        self.resolve(&layers, &dir, name)
+    }
+
+    /// Whether `name` in directory node `parent` exists in a lower layer, below the upper:
+    /// removing or renaming it then needs a whiteout.
+    pub(super) fn lower_has(&self, parent: u64, name: &OsStr) -> Result<bool> {
+        let (layers, dir) = self.dir_info(parent)?;
+        let lowers: Vec<LayerIdx> = layers
+            .into_iter()
+            .filter(|l| !self.stack.is_upper(*l))
+            .collect();
+        Ok(self.resolve(&lowers, &dir, name)?.is_some())
+    }
+
+    /// Records `r`, found as `name` in `parent`, in the inode table; returns its attributes.
+    pub(super) fn remember(&self, parent: u64, name: &OsStr, r: Resolved, count: bool) -> Attr {
+        let merged = r.kind.dir_len() > 1;
+        let id = self.inodes.lock().found(
+            parent,
+            &name.to_os_string(),
+            r.ident,
+            r.kind,
+            r.layer,
+            count,
+        );
+        let mut attr = Attr::from_stat(id, &r.st);
+        if merged {
+            // As kernel overlayfs: counting subdirectories of every layer is not worth it.
+            attr.nlink = 1;
+        }
+        attr
+    }
+
+    /// Looks `name` up in directory `parent`; the kernel now holds one more reference.
+    ///
+    /// # Errors
+    /// `ENOENT` when the name is not visible, `ENAMETOOLONG`, or the errno of a layer.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        check_name(name)?;
+        let _ns = self.ns.read();
+        let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
+        Ok(self.remember(parent, name, r, true))
+    }
+
+    /// Attributes of node `id`.
+    ///
+    /// # Errors
+    /// `ENOENT` for a node that is gone, or the errno of `fstat`.
+    pub fn getattr(&self, id: u64) -> Result<Attr> {
+        let info = self.node_info(id);
+        let (layer, path, kind) = match info {
+            Ok(i) => i,
+            Err(e) if e == Errno::ENOENT => return self.getattr_removed(id),
+            Err(e) => return Err(e),
+        };
+        let fd = self.stack.open(layer, &path, OFlags::PATH)?;
+        let st = sys::stat_fd(fd.as_fd())?;
+        let mut attr = Attr::from_stat(id, &st);
+        if kind.dir_len() > 1 {
+            attr.nlink = 1;
+        }
+        Ok(attr)
+    }
+
+    /// Attributes of a node that has no name left but is still open somewhere.
+    fn getattr_removed(&self, id: u64) -> Result<Attr> {
+        let open = self.files.lock().values().find(|f| f.node == id).cloned();
+        let file = open.ok_or(Errno::ENOENT)?;
+        let (layer, st) = file.fstat()?;
+        let mut attr = Attr::from_stat(id, &st);
+        if !self.stack.is_upper(layer) {
+            // The lower file itself lives on; through the mount it has no name left.
+            attr.nlink = 0;
+        }
+        Ok(attr)
+    }
+
+    /// The target of symlink `id`.
+    ///
+    /// # Errors
+    /// `EINVAL` when it is not a symlink, or the errno of `readlinkat`.
+    pub fn readlink(&self, id: u64) -> Result<Vec<u8>> {
+        let (layer, path, _) = self.node_info(id)?;
+        let fd = self.stack.open(layer, &path, OFlags::PATH)?;
+        Ok(rustix::fs::readlinkat(fd.as_fd(), c"", Vec::new())?.into_bytes())
+    }
+
+    /// The merged listing of directory `id`, with `.` and `..` first.
+    pub(super) fn list(&self, id: u64) -> Result<Vec<DirEntry>> {
+        let _ns = self.ns.read();
+        let (layers, path) = self.dir_info(id)?;
+        let parent = if id == ROOT_ID {
+            ROOT_ID
+        } else {
+            self.first_name(id).map(|(p, _)| p).unwrap_or(ROOT_ID)
+        };
+        let mut out = vec![
+            DirEntry {
+                name: ".".into(),
+                ino: id,
+                fmt: libc::S_IFDIR,
+            },
+            DirEntry {
+                name: "..".into(),
+                ino: parent,
+                fmt: libc::S_IFDIR,
+            },
+        ];
+        let mut seen: HashSet<OsString> = HashSet::new();
+        let mut hidden: HashSet<OsString> = HashSet::new();
+        let mut found: Vec<(OsString, LayerIdx, u64, u32)> = Vec::new();
+        for &l in &layers {
+            let Some(fd) = skip_missing(self.stack.open(
+                l,
+                &path,
+                OFlags::RDONLY | OFlags::DIRECTORY,
+            ))?
+            else {
+                continue;
+            };
+            let mut whited = Vec::new();
+            for e in sys::read_dir(fd.as_fd())? {
+                let b = e.name.as_bytes();
+                if let Some(target) = b.strip_prefix(layer::WH_PREFIX) {
+                    if b != layer::WH_OPAQUE {
+                        whited.push(OsStr::from_bytes(target).to_os_string());
+                    }
+                    continue;
+                }
+                if seen.contains(&e.name) || hidden.contains(&e.name) {
+                    continue;
+                }
+                let mut fmt = dtype_fmt(e.dtype);
+                if e.dtype == libc::DT_CHR || e.dtype == libc::DT_UNKNOWN {
+                    let st = sys::stat_at(fd.as_fd(), &e.name)?;
+                    if layer::is_whiteout(&st) {
+                        whited.push(e.name);
+                        continue;
+                    }
+                    fmt = st.st_mode & libc::S_IFMT;
+                }
+                seen.insert(e.name.clone());
+                found.push((e.name, l, e.ino, fmt));
+            }
+            hidden.extend(whited);
+        }
+        for (name, l, ino, fmt) in found {
+            let known = self.inodes.lock().child(id, &name);
+            let ino = match known {
+                Some(k) => k,
+                None if fmt == libc::S_IFDIR => {
+                    // A directory's number comes from its bottom layer: resolve it fully.
+                    match self.resolve(&layers, &path, &name)? {
+                        Some(r) => self.inodes.lock().peek_id(r.ident),
+                        None => continue,
+                    }
+                }
+                None => self.inodes.lock().peek_id(self.stack.ino_of(l, ino)),
+            };
+            out.push(DirEntry { name, ino, fmt });
+        }
+        Ok(out)
+    }
+
+    /// Whether the merged directory `id` shows no entry at all.
+    pub(super) fn is_empty_dir(&self, layers: &[LayerIdx], path: &Path) -> Result<bool> {
+        let mut hidden: HashSet<OsString> = HashSet::new();
+        for &l in layers {
+            let Some(fd) =
+                skip_missing(self.stack.open(l, path, OFlags::RDONLY | OFlags::DIRECTORY))?
+            else {
+                continue;
+            };
+            let mut whited = Vec::new();
+            for e in sys::read_dir(fd.as_fd())? {
+                let b = e.name.as_bytes();
+                if let Some(target) = b.strip_prefix(layer::WH_PREFIX) {
+                    whited.push(OsStr::from_bytes(target).to_os_string());
+                    continue;
+                }
+                if hidden.contains(&e.name) {
+                    continue;
+                }
+                if e.dtype == libc::DT_CHR || e.dtype == libc::DT_UNKNOWN {
+                    let st = sys::stat_at(fd.as_fd(), &e.name)?;
+                    if layer::is_whiteout(&st) {
+                        whited.push(e.name);
+                        continue;
+                    }
+                }
+                return Ok(false);
+            }
+            hidden.extend(whited);
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,237 @@
+//! Overlay semantics without FUSE.
+//!
+//! [`Union`] serves a layer stack through plain calls that take node ids, names and
+//! credentials and return `Result<T, Errno>`; the FUSE adapter in `crate::fuse` only
+//! translates. The rules are kernel overlayfs's: the top-most layer holding a name wins, a
+//! whiteout hides the name below it, an opaque directory hides everything below it, and
+//! the first change to a lower entry copies it up into the upper layer (staged in the work
+//! directory and renamed into place). Lookup and readdir share one resolution rule, so
+//! they can never disagree about what a directory holds.
+//!
+//! Locking: `ns` is taken for writing by every operation that changes the namespace or
+//! copies up, and for reading by lookups and directory listings; the inode table and the
+//! handle tables sit behind short-lived mutexes and are never held across I/O.
+
+mod copyup;
+mod file;
+pub mod inode;
+pub mod layer;
+mod lookup;
+mod namespace;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Errno, Result};
+use crate::sys;
+pub use file::{DirHandle, OpenFile, SetAttr};
+use inode::{Inodes, NodeKind, ROOT_ID};
+pub use layer::{LayerIdx, Stack, StackPaths};
+
+/// The longest name a directory entry may have.
+pub const NAME_MAX: usize = 255;
+
+/// Attributes of a node as the mount reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    /// The full `st_mode` (type and permission bits).
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+}
+
+impl Attr {
+    fn from_stat(ino: u64, st: &sys::Stat) -> Attr {
+        let t = |s: i64, ns: u64| (s, u32::try_from(ns).unwrap_or(0));
+        Attr {
+            ino,
+            mode: st.st_mode,
+            nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            blocks: u64::try_from(st.st_blocks).unwrap_or(0),
+            blksize: u32::try_from(st.st_blksize).unwrap_or(4096),
+            atime: t(st.st_atime, st.st_atime_nsec),
+            mtime: t(st.st_mtime, st.st_mtime_nsec),
+            ctime: t(st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
+/// Who is asking: the credentials of the calling process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Behaviour switches of a mount.
+#[derive(Clone, Copy, Debug)]
+pub struct UnionOptions {
+    /// Honour fsync (false with `volatile` or `fsync=0`).
+    pub fsync: bool,
+}
+
+/// Filesystem statistics, from the upper layer (or the top lower of a read-only mount).
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// A merged directory, served over a layer stack.
+pub struct Union {
+    stack: Stack,
+    inodes: Mutex<Inodes>,
+    ns: RwLock<()>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    next_fh: AtomicU64,
+    opts: UnionOptions,
+    /// The daemon runs as root: it can set owners on what it creates.
+    root: bool,
+}
+
+/// Refuses names the kernel's FUSE module lets through but no filesystem accepts.
+fn check_name(name: &OsStr) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+/// True for names that are part of the whiteout format and never visible.
+fn is_marker(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(layer::WH_PREFIX)
+}
+
+impl Union {
+    /// Serves `stack`.
+    ///
+    pub fn new(stack: Stack, opts: UnionOptions) -> Union {
+        // The root merges every layer (as in kernel overlayfs, a layer root is never opaque).
+        let root_layers: Vec<LayerIdx> = (0..stack.len()).collect();
+        Union {
+            inodes: Mutex::new(Inodes::new(root_layers)),
+            stack,
+            ns: RwLock::new(()),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            opts,
+            root: sys::euid() == 0,
+        }
+    }
+
+    /// The stack this union serves.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    /// How many inodes the kernel currently holds.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().len()
+    }
+
+    /// The path of node `id` relative to each layer root; `ENOENT` once it was removed.
+    fn path_of(inodes: &Inodes, id: u64) -> Result<PathBuf> {
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut cur = id;
+        let mut guard = 0usize;
+        while cur != ROOT_ID {
+            let node = inodes.get(cur).ok_or(Errno::ENOENT)?;
+            // Any name whose parent is still known will do (hard links have several).
+            let (parent, name) = node
+                .names
+                .iter()
+                .find(|(p, _)| inodes.get(*p).is_some())
+                .ok_or(Errno::ENOENT)?;
+            parts.push(name);
+            cur = *parent;
+            guard += 1;
+            if guard > 1 << 20 {
+                return Err(Errno::ELOOP);
+            }
+        }
+        Ok(parts.iter().rev().collect())
+    }
+
+    /// Layers and path of the directory node `id`.
+    fn dir_info(&self, id: u64) -> Result<(Vec<LayerIdx>, PathBuf)> {
+        let inodes = self.inodes.lock();
+        let node = inodes.get(id).ok_or(Errno::ENOENT)?;
+        let NodeKind::Dir { layers } = &node.kind else {
+            return Err(Errno::ENOTDIR);
+        };
+        let layers = layers.clone();
+        Ok((layers, Self::path_of(&inodes, id)?))
+    }
+
+    /// Layer, path and kind of node `id`.
+    fn node_info(&self, id: u64) -> Result<(LayerIdx, PathBuf, NodeKind)> {
+        let inodes = self.inodes.lock();
+        let node = inodes.get(id).ok_or(Errno::ENOENT)?;
+        Ok((node.layer, Self::path_of(&inodes, id)?, node.kind.clone()))
+    }
+
+    /// The (parent, name) a node is reached by.
+    fn first_name(&self, id: u64) -> Result<(u64, OsString)> {
+        let inodes = self.inodes.lock();
+        let node = inodes.get(id).ok_or(Errno::ENOENT)?;
+        node.names.first().cloned().ok_or(Errno::ENOENT)
+    }
+
+    /// The kernel dropped `n` references to `id`.
+    pub fn forget(&self, id: u64, n: u64) {
+        self.inodes.lock().forget(id, n);
+    }
+
+    /// Statistics of the filesystem under the upper layer (or the top lower).
+    ///
+    /// # Errors
+    /// The errno of `fstatvfs`.
+    pub fn statfs(&self) -> Result<StatFs> {
+        let st = rustix::fs::fstatvfs(self.stack.layer(0).root.as_fd())?;
+        Ok(StatFs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: u32::try_from(st.f_bsize).unwrap_or(4096),
+            namelen: NAME_MAX as u32,
+            frsize: u32::try_from(st.f_frsize).unwrap_or(4096),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

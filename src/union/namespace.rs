@@ -1,0 +1,635 @@
+//! Operations that change names: create, mkdir, mknod, symlink, link, unlink, rmdir, rename.
+//!
+//! Every change lands in the upper layer. A new entry that takes the place of a whiteout
+//! is staged in the work directory and swapped in atomically (a new directory there is
+//! made opaque, so nothing of the removed one shows again). Removing an entry that also
+//! exists below leaves a whiteout: a 0/0 character device, or an OCI `.wh.NAME` file where
+//! device nodes may not be made. Renaming a directory that has lower parts returns `EXDEV`,
+//! exactly as the kernel does without `redirect_dir` (`mv` then copies).
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+
+use super::inode::NodeKind;
+use super::layer::{self, LayerIdx, Whiteout};
+use super::lookup::Resolved;
+use super::{check_name, is_marker, Attr, Creds, Union};
+use crate::error::{Errno, Result};
+use crate::sys;
+
+/// What to make in a directory.
+#[derive(Clone, Copy, Debug)]
+pub enum Make<'a> {
+    File { mode: u32, flags: OFlags },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: &'a OsStr },
+}
+
+impl Make<'_> {
+    fn is_dir(&self) -> bool {
+        matches!(self, Make::Dir { .. })
+    }
+}
+
+fn errno_is(e: rustix::io::Errno, list: &[rustix::io::Errno]) -> bool {
+    list.contains(&e)
+}
+
+/// A name a caller may create: not too long, and not part of the whiteout format.
+fn check_new_name(name: &OsStr) -> Result<()> {
+    check_name(name)?;
+    if is_marker(name) {
+        // `.wh.*` names would be read back as whiteouts: refuse them outright.
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+impl Union {
+    /// How `name` is whited out in the upper directory `dir`, if it is.
+    fn upper_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<Whiteout> {
+        match sys::stat_at(dir, name) {
+            Ok(st) if layer::is_whiteout(&st) => return Ok(Whiteout::Device),
+            Ok(_) => return Ok(Whiteout::None),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(if layer::has_oci_whiteout(dir, name)? {
+            Whiteout::Oci
+        } else {
+            Whiteout::None
+        })
+    }
+
+    /// Marks the directory `name` in `dir` opaque.
+    fn set_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let fd = sys::open_beneath(
+            dir,
+            Path::new(name),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+            0,
+        )?;
+        match sys::xattr_set(fd.as_fd(), OsStr::new(layer::OPAQUE_XATTR), b"y", 0) {
+            Ok(()) => Ok(()),
+            // Without CAP_SYS_ADMIN, use the kernel's `userxattr` form.
+            Err(rustix::io::Errno::PERM) => Ok(sys::xattr_set(
+                fd.as_fd(),
+                OsStr::new(layer::OPAQUE_XATTR_USER),
+                b"y",
+                0,
+            )?),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stages a whiteout in the work directory; `None` where device nodes may not be made.
+    fn stage_whiteout(&self) -> Result<Option<OsString>> {
+        let work = self.stack.work()?;
+        let tmp = self.stack.tmp_name();
+        match sys::mknod_whiteout(work, &tmp) {
+            Ok(()) => Ok(Some(tmp)),
+            Err(e) if errno_is(e, &[rustix::io::Errno::PERM, rustix::io::Errno::ACCESS]) => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Puts a whiteout for `name` in the upper directory `dir`, replacing a non-directory
+    /// that may be there.
+    fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let work = self.stack.work()?;
+        match self.stage_whiteout()? {
+            Some(tmp) => {
+                if let Err(e) = sys::rename_at(work, &tmp, dir, name, RenameFlags::empty()) {
+                    self.discard(work, &tmp);
+                    return Err(e.into());
+                }
+            }
+            None => {
+                match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                rustix::fs::openat(
+                    dir,
+                    layer::wh_name(name),
+                    OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes one object named `name` in `dir`; returns an open descriptor for files.
+    fn make_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        make: Make<'_>,
+    ) -> Result<Option<OwnedFd>> {
+        match make {
+            Make::File { mode, flags } => {
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    flags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(mode & 0o7777),
+                )?;
+                Ok(Some(fd))
+            }
+            Make::Dir { mode } => {
+                rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))?;
+                Ok(None)
+            }
+            Make::Node { mode, rdev } => {
+                if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+                    // A 0/0 character device is a whiteout; it cannot be made through the mount.
+                    return Err(Errno::EPERM);
+                }
+                sys::mknod_at(dir, name, mode, rdev)?;
+                Ok(None)
+            }
+            Make::Symlink { target } => {
+                rustix::fs::symlinkat(target, dir, name)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Creates a new entry `name` in directory `parent` owned by `creds`, in the upper
+    /// layer, taking the place of a whiteout if there is one.
+    fn place_new(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        make: Make<'_>,
+        creds: Creds,
+    ) -> Result<(Resolved, Option<OwnedFd>)> {
+        check_new_name(name)?;
+        let upper = self.stack.upper()?;
+        if self.resolve_in(parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up(parent)?;
+        let (_, dir, _) = self.node_info(parent)?;
+        let udir = self.stack.open_dir(upper, &dir)?;
+        let pst = sys::stat_fd(udir.as_fd())?;
+        let sgid = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if sgid { pst.st_gid } else { creds.gid };
+        let wh = self.upper_whiteout(udir.as_fd(), name)?;
+        let work = self.stack.work()?;
+        let tmp = self.stack.tmp_name();
+        let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if wh == Whiteout::Device {
+            (work, &tmp)
+        } else {
+            (udir.as_fd(), name)
+        };
+        let fd = self.make_at(tdir, tname, make)?;
+        let finish = || -> Result<()> {
+            if self.root {
+                rustix::fs::chownat(
+                    tdir,
+                    tname,
+                    Some(rustix::process::Uid::from_raw(creds.uid)),
+                    Some(rustix::process::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            }
+            if let Make::Dir { mode } = make {
+                if sgid && wh == Whiteout::Device {
+                    // Staged outside the parent, so the set-gid bit was not inherited.
+                    rustix::fs::chmodat(
+                        tdir,
+                        tname,
+                        Mode::from_raw_mode((mode & 0o7777) | libc::S_ISGID),
+                        AtFlags::empty(),
+                    )?;
+                }
+                if wh != Whiteout::None {
+                    self.set_opaque(tdir, tname)?;
+                }
+            }
+            match wh {
+                Whiteout::Device if make.is_dir() => {
+                    // A directory cannot replace a device by rename: swap, then drop the whiteout.
+                    sys::rename_at(work, &tmp, udir.as_fd(), name, RenameFlags::EXCHANGE)?;
+                    rustix::fs::unlinkat(work, &tmp, AtFlags::empty())?;
+                }
+                Whiteout::Device => {
+                    sys::rename_at(work, &tmp, udir.as_fd(), name, RenameFlags::empty())?
+                }
+                Whiteout::Oci => {
+                    rustix::fs::unlinkat(udir.as_fd(), layer::wh_name(name), AtFlags::empty())?
+                }
+                Whiteout::None => {}
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            if wh == Whiteout::Device {
+                self.discard(work, &tmp);
+            } else if let Err(e2) = sys::remove_tree_at(udir.as_fd(), name) {
+                log::warn!("cannot undo the creation of {name:?}: {e2}");
+            }
+            return Err(e);
+        }
+        let st = sys::stat_at(udir.as_fd(), name)?;
+        let kind = if make.is_dir() {
+            NodeKind::Dir {
+                layers: vec![upper],
+            }
+        } else {
+            NodeKind::NotDir {
+                fmt: st.st_mode & libc::S_IFMT,
+            }
+        };
+        Ok((
+            Resolved {
+                layer: upper,
+                st,
+                kind,
+                ident: self.stack.ino_of(upper, st.st_ino),
+            },
+            fd,
+        ))
+    }
+
+    /// `mkdir(2)` in directory `parent`.
+    ///
+    /// # Errors
+    /// `EEXIST`, `EROFS`, `ENAMETOOLONG`, `EINVAL` for `.wh.*` names, or a layer's errno.
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, creds: Creds) -> Result<Attr> {
+        let _ns = self.ns.write();
+        let (r, _) = self.place_new(parent, name, Make::Dir { mode }, creds)?;
+        Ok(self.remember(parent, name, r, true))
+    }
+
+    /// `mknod(2)` in directory `parent` (fifos, sockets, devices; regular files too).
+    ///
+    /// # Errors
+    /// As [`Union::mkdir`]; `EPERM` for a 0/0 character device.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        creds: Creds,
+    ) -> Result<Attr> {
+        let _ns = self.ns.write();
+        let make = if mode & libc::S_IFMT == libc::S_IFREG {
+            Make::File {
+                mode,
+                flags: OFlags::WRONLY,
+            }
+        } else {
+            Make::Node { mode, rdev }
+        };
+        let (r, _) = self.place_new(parent, name, make, creds)?;
+        Ok(self.remember(parent, name, r, true))
+    }
+
+    /// `symlink(2)`: `name` in `parent` pointing at `target`.
+    ///
+    /// # Errors
+    /// As [`Union::mkdir`].
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, creds: Creds) -> Result<Attr> {
+        let _ns = self.ns.write();
+        let (r, _) = self.place_new(parent, name, Make::Symlink { target }, creds)?;
+        Ok(self.remember(parent, name, r, true))
+    }
+
+    /// Creates and opens a regular file; returns its attributes and the open handle.
+    ///
+    /// # Errors
+    /// As [`Union::mkdir`].
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        creds: Creds,
+    ) -> Result<(Attr, u64)> {
+        let _ns = self.ns.write();
+        let oflags = super::file::backing_flags(flags);
+        let (r, fd) = self.place_new(
+            parent,
+            name,
+            Make::File {
+                mode: mode | libc::S_IFREG,
+                flags: oflags,
+            },
+            creds,
+        )?;
+        let layer = r.layer;
+        let attr = self.remember(parent, name, r, true);
+        let fd = fd.ok_or(Errno::EIO)?;
+        let fh = self.add_file(attr.ino, layer, fd, oflags);
+        Ok((attr, fh))
+    }
+
+    /// `link(2)`: a new name `new_name` in `new_parent` for node `id`.
+    ///
+    /// # Errors
+    /// `EEXIST`, `EPERM` for directories, `EROFS`, or a layer's errno.
+    pub fn link(&self, id: u64, new_parent: u64, new_name: &OsStr) -> Result<Attr> {
+        check_new_name(new_name)?;
+        let _ns = self.ns.write();
+        let upper = self.stack.upper()?;
+        if self.inodes.lock().get(id).ok_or(Errno::ENOENT)?.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        if self.resolve_in(new_parent, new_name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up(id)?;
+        self.copy_up(new_parent)?;
+        let (src_parent, src_name) = self.first_name(id)?;
+        let (_, src_dir, _) = self.node_info(src_parent)?;
+        let (_, dst_dir, _) = self.node_info(new_parent)?;
+        let sdir = self.stack.open_dir(upper, &src_dir)?;
+        let ddir = self.stack.open_dir(upper, &dst_dir)?;
+        match self.upper_whiteout(ddir.as_fd(), new_name)? {
+            Whiteout::Device => {
+                let work = self.stack.work()?;
+                let tmp = self.stack.tmp_name();
+                rustix::fs::linkat(sdir.as_fd(), &src_name, work, &tmp, AtFlags::empty())?;
+                if let Err(e) =
+                    sys::rename_at(work, &tmp, ddir.as_fd(), new_name, RenameFlags::empty())
+                {
+                    self.discard(work, &tmp);
+                    return Err(e.into());
+                }
+            }
+            wh => {
+                rustix::fs::linkat(
+                    sdir.as_fd(),
+                    &src_name,
+                    ddir.as_fd(),
+                    new_name,
+                    AtFlags::empty(),
+                )?;
+                if wh == Whiteout::Oci {
+                    rustix::fs::unlinkat(
+                        ddir.as_fd(),
+                        layer::wh_name(new_name),
+                        AtFlags::empty(),
+                    )?;
+                }
+            }
+        }
+        let r = self.resolve_in(new_parent, new_name)?.ok_or(Errno::EIO)?;
+        Ok(self.remember(new_parent, new_name, r, true))
+    }
+
+    /// `unlink(2)` of `name` in `parent`.
+    ///
+    /// # Errors
+    /// `ENOENT`, `EISDIR`, `EROFS`, or a layer's errno.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        check_name(name)?;
+        let _ns = self.ns.write();
+        let upper = self.stack.upper()?;
+        let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
+        if matches!(r.kind, NodeKind::Dir { .. }) {
+            return Err(Errno::EISDIR);
+        }
+        self.remove_entry(parent, name, &r, upper)
+    }
+
+    /// `rmdir(2)` of `name` in `parent`: refused while the merged directory shows anything.
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`, `ENOTEMPTY`, `EROFS`, or a layer's errno.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        check_name(name)?;
+        let _ns = self.ns.write();
+        let upper = self.stack.upper()?;
+        let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
+        let NodeKind::Dir { layers } = &r.kind else {
+            return Err(Errno::ENOTDIR);
+        };
+        let (_, dir, _) = self.node_info(parent)?;
+        if !self.is_empty_dir(layers, &dir.join(name))? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        self.remove_entry(parent, name, &r, upper)
+    }
+
+    /// Removes the visible entry `r` (`name` in `parent`): deletes its upper copy and
+    /// leaves a whiteout where a lower layer has the name too.
+    fn remove_entry(&self, parent: u64, name: &OsStr, r: &Resolved, upper: LayerIdx) -> Result<()> {
+        let needs_whiteout = self.lower_has(parent, name)?;
+        self.copy_up(parent)?;
+        let (_, dir, _) = self.node_info(parent)?;
+        let udir = self.stack.open_dir(upper, &dir)?;
+        let is_dir = matches!(r.kind, NodeKind::Dir { .. });
+        if r.layer != upper {
+            self.write_whiteout(udir.as_fd(), name)?;
+        } else if is_dir {
+            // Swap the upper directory (which holds only whiteouts) out in one step, then
+            // clear it away in the work directory.
+            let work = self.stack.work()?;
+            let staged = if needs_whiteout {
+                self.stage_whiteout()?
+            } else {
+                None
+            };
+            let tmp = match staged {
+                Some(wh) => {
+                    if let Err(e) =
+                        sys::rename_at(work, &wh, udir.as_fd(), name, RenameFlags::EXCHANGE)
+                    {
+                        self.discard(work, &wh);
+                        return Err(e.into());
+                    }
+                    wh
+                }
+                None => {
+                    let tmp = self.stack.tmp_name();
+                    sys::rename_at(udir.as_fd(), name, work, &tmp, RenameFlags::NOREPLACE)?;
+                    if needs_whiteout {
+                        self.write_whiteout(udir.as_fd(), name)?;
+                    }
+                    tmp
+                }
+            };
+            self.discard(work, &tmp);
+        } else if needs_whiteout {
+            self.write_whiteout(udir.as_fd(), name)?;
+        } else {
+            rustix::fs::unlinkat(udir.as_fd(), name, AtFlags::empty())?;
+        }
+        self.inodes.lock().remove_name(parent, &name.to_os_string());
+        Ok(())
+    }
+
+    /// A directory that lives in the upper layer only (created there, or opaque).
+    fn is_pure_upper(&self, r: &Resolved) -> bool {
+        match &r.kind {
+            NodeKind::Dir { layers } => layers.len() == 1 && self.stack.is_upper(layers[0]),
+            NodeKind::NotDir { .. } => true,
+        }
+    }
+
+    /// Copies up the entry `r` found as `name` in `parent`, whether or not the kernel
+    /// holds a node for it.
+    fn copy_up_entry(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<()> {
+        let known = self.inodes.lock().child(parent, &name.to_os_string());
+        match known {
+            Some(id) => self.copy_up(id),
+            None => {
+                let id = self.remember(parent, name, r.clone(), false).ino;
+                let res = self.copy_up(id);
+                self.inodes.lock().forget(id, 0);
+                res
+            }
+        }
+    }
+
+    /// `rename(2)` / `renameat2(2)` with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
+    ///
+    /// # Errors
+    /// `ENOENT`, `EEXIST`, `ENOTDIR`, `EISDIR`, `ENOTEMPTY`, `EXDEV` for directories with
+    /// lower parts, `EINVAL` for unknown flags or `.wh.*` names, `EROFS`, or a layer's errno.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        check_name(name)?;
+        check_new_name(new_name)?;
+        let flags = RenameFlags::from_bits(flags).ok_or(Errno::EINVAL)?;
+        if flags.contains(RenameFlags::WHITEOUT) {
+            return Err(Errno::EINVAL);
+        }
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
+        let _ns = self.ns.write();
+        let upper = self.stack.upper()?;
+        let src = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
+        let dst = self.resolve_in(new_parent, new_name)?;
+        if exchange && dst.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let src_is_dir = matches!(src.kind, NodeKind::Dir { .. });
+        if let Some(d) = &dst {
+            let d_is_dir = matches!(d.kind, NodeKind::Dir { .. });
+            if d.ident.is_some() && d.ident == src.ident && d.layer == src.layer {
+                // Two names of one file: rename(2) does nothing.
+                return Ok(());
+            }
+            if !exchange {
+                if src_is_dir && !d_is_dir {
+                    return Err(Errno::ENOTDIR);
+                }
+                if !src_is_dir && d_is_dir {
+                    return Err(Errno::EISDIR);
+                }
+                if let NodeKind::Dir { layers } = &d.kind {
+                    let (_, pdir, _) = self.node_info(new_parent)?;
+                    if !self.is_empty_dir(layers, &pdir.join(new_name))? {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                }
+            } else if !self.is_pure_upper(d) {
+                return Err(Errno::EXDEV);
+            }
+        }
+        if !self.is_pure_upper(&src) {
+            return Err(Errno::EXDEV);
+        }
+        self.copy_up(parent)?;
+        self.copy_up(new_parent)?;
+        self.copy_up_entry(parent, name, &src)?;
+        if exchange {
+            if let Some(d) = &dst {
+                self.copy_up_entry(new_parent, new_name, d)?;
+            }
+        }
+        let src_lower = self.lower_has(parent, name)?;
+        let dst_lower = self.lower_has(new_parent, new_name)?;
+        let (_, sdir_path, _) = self.node_info(parent)?;
+        let (_, ddir_path, _) = self.node_info(new_parent)?;
+        let sdir = self.stack.open_dir(upper, &sdir_path)?;
+        let ddir = self.stack.open_dir(upper, &ddir_path)?;
+        let work = self.stack.work()?;
+        let (sdir, ddir) = (sdir.as_fd(), ddir.as_fd());
+        let (name_os, new_name_os) = (name.to_os_string(), new_name.to_os_string());
+
+        if exchange {
+            sys::rename_at(sdir, name, ddir, new_name, RenameFlags::EXCHANGE)?;
+            if src_is_dir && dst_lower {
+                self.set_opaque(ddir, new_name)?;
+            }
+            if dst
+                .as_ref()
+                .is_some_and(|d| matches!(d.kind, NodeKind::Dir { .. }))
+                && src_lower
+            {
+                self.set_opaque(sdir, name)?;
+            }
+            self.inodes
+                .lock()
+                .exchange(parent, &name_os, new_parent, &new_name_os);
+            return Ok(());
+        }
+
+        if src_is_dir && dst_lower {
+            // The directory lands where a lower one shows through: hide that one.
+            self.set_opaque(sdir, name)?;
+        }
+        // An upper directory being replaced holds nothing but whiteouts: move it aside.
+        let mut cleared = None;
+        if dst
+            .as_ref()
+            .is_some_and(|d| matches!(d.kind, NodeKind::Dir { .. }) && d.layer == upper)
+        {
+            let tmp = self.stack.tmp_name();
+            sys::rename_at(ddir, new_name, work, &tmp, RenameFlags::NOREPLACE)?;
+            cleared = Some(tmp);
+        }
+        let wh = self.upper_whiteout(ddir, new_name)?;
+        if src_is_dir && wh == Whiteout::Device {
+            // A directory cannot replace a device by rename: swap them; the whiteout then
+            // sits at the old name, where it is kept only if a lower entry needs hiding.
+            sys::rename_at(sdir, name, ddir, new_name, RenameFlags::EXCHANGE)?;
+            if !src_lower {
+                rustix::fs::unlinkat(sdir, name, AtFlags::empty())?;
+            }
+        } else if src_lower {
+            match sys::rename_at(sdir, name, ddir, new_name, RenameFlags::WHITEOUT) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::PERM) => {
+                    sys::rename_at(sdir, name, ddir, new_name, RenameFlags::empty())?;
+                    self.write_whiteout(sdir, name)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            sys::rename_at(sdir, name, ddir, new_name, RenameFlags::empty())?;
+        }
+        if wh == Whiteout::Oci {
+            rustix::fs::unlinkat(ddir, layer::wh_name(new_name), AtFlags::empty())?;
+        }
+        if let Some(tmp) = cleared {
+            self.discard(work, &tmp);
+        }
+        self.inodes
+            .lock()
+            .rename(parent, &name_os, new_parent, &new_name_os);
+        Ok(())
+    }
+}
