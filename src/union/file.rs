@@ -110,11 +110,28 @@ impl Union {
             return Err(Errno::EISDIR);
         }
         let oflags = backing_flags(flags);
-        let fd = self.stack.open(layer, &path, oflags)?;
+        let fd = self.open_backing(layer, &path, oflags)?;
         if flags & libc::O_TRUNC != 0 {
             rustix::fs::ftruncate(fd.as_fd(), 0)?;
         }
         Ok(self.add_file(id, layer, fd, oflags))
+    }
+
+    /// Opens the backing file of a handle. Lower files are opened with `O_NOATIME` where
+    /// allowed: reading through the mount must not change a read-only layer.
+    fn open_backing(
+        &self,
+        layer: LayerIdx,
+        path: &std::path::Path,
+        flags: OFlags,
+    ) -> Result<OwnedFd> {
+        if self.stack.is_upper(layer) {
+            return self.stack.open(layer, path, flags);
+        }
+        match self.stack.open(layer, path, flags | OFlags::NOATIME) {
+            Err(e) if e == Errno::EPERM => self.stack.open(layer, path, flags),
+            r => r,
+        }
     }
 
     /// Points a read handle at the upper copy when its file was copied up since it opened.
@@ -130,7 +147,7 @@ impl Union {
             Ok(i) => i,
             Err(_) => return Ok(()), // no name left: keep what we have
         };
-        let fd = self.stack.open(layer, &path, f.flags)?;
+        let fd = self.open_backing(layer, &path, f.flags)?;
         *f.backing.write() = (layer, fd);
         Ok(())
     }

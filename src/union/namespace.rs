@@ -377,11 +377,7 @@ impl Union {
                     AtFlags::empty(),
                 )?;
                 if wh == Whiteout::Oci {
-                    rustix::fs::unlinkat(
-                        ddir.as_fd(),
-                        layer::wh_name(new_name),
-                        AtFlags::empty(),
-                    )?;
+                    rustix::fs::unlinkat(ddir.as_fd(), layer::wh_name(new_name), AtFlags::empty())?;
                 }
             }
         }

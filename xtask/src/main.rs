@@ -1,1 +1,259 @@
-fn main() {}
+//! Project glue: `cargo xtask layers | demo | test`.
+//!
+//! - `layers`: builds the sample layers of `layers/` (plain files plus `NAME.spec`) into
+//!   `layers/build/NAME`, with real whiteouts, opaque directories and xattrs.
+//! - `demo`: mounts the sample layers, shows the merged tree, writes and deletes through
+//!   the mount, shows the upper directory with its whiteout, and unmounts.
+//! - `test`: installs what the tests need when it is missing (Debian packages), checks
+//!   formatting and lints, runs every test, and checks no mount was left behind.
+
+mod layers;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("layers") => layers::build_all(&root()).map(|_| ()),
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        _ => Err(
+            "usage: cargo xtask <layers | demo | test [-- ARGS FOR THE TEST RUNNER]>".to_string(),
+        ),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command, failing with its name when it does not succeed.
+fn run(cmd: &mut Command) -> Result {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().map_err(|e| format!("{shown}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({st})"))
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Installs Debian packages whose files are missing.
+fn ensure_packages(wanted: &[(&str, &str)]) -> Result {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(file, _)| !Path::new(file).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(format!(
+            "missing Debian packages {missing:?}; install them as root"
+        ));
+    }
+    eprintln!("xtask: installing {missing:?}");
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    if run(Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(&missing)
+        .envs(env))
+    .is_err()
+    {
+        run(Command::new("apt-get").args(["update", "-q"]).envs(env))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .envs(env))?;
+    }
+    Ok(())
+}
+
+/// Mounts left behind by tests (their scratch directories are named `strata-test-*`).
+fn leftover_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|m| m.contains("strata-test-"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn test(extra: &[String]) -> Result {
+    if !is_root() {
+        return Err("the tests mount filesystems: run `cargo xtask test` as root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing: the FUSE tests cannot run here".into());
+    }
+    // mount.fuse3 for the `mount -t fuse.strata` test; python3 reads xattrs in tests.
+    ensure_packages(&[
+        ("/sbin/mount.fuse3", "fuse3"),
+        ("/usr/bin/python3", "python3"),
+    ])?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["build", "--workspace"]))?;
+    let extra: Vec<&String> = extra.iter().skip_while(|a| *a == "--").collect();
+    let nextest = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let r = if nextest {
+        run(cargo()
+            .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+            .args(&extra))
+    } else {
+        run(cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(&extra))
+    };
+    let left = leftover_mounts();
+    if !left.is_empty() {
+        for m in &left {
+            if let Err(e) = run(Command::new("umount").args(["-l", m])) {
+                eprintln!("xtask: {e}");
+            }
+        }
+        return Err(format!("tests left mounts behind: {left:?}"));
+    }
+    r
+}
+
+/// Unmounts the demo mount when the demo ends, however it ends.
+struct DemoMount(PathBuf);
+
+impl Drop for DemoMount {
+    fn drop(&mut self) {
+        let mounted = |p: &Path| {
+            std::fs::read_to_string("/proc/self/mounts")
+                .unwrap_or_default()
+                .contains(&format!(" {} ", p.display()))
+        };
+        if mounted(&self.0) {
+            if let Err(e) = run(Command::new("umount").arg("-l").arg(&self.0)) {
+                eprintln!("xtask: {e}");
+            }
+        }
+    }
+}
+
+fn show_tree(title: &str, dir: &Path) -> Result {
+    println!("\n== {title} ({})", dir.display());
+    let mut lines = Vec::new();
+    layers::describe(dir, dir, &mut lines).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for l in lines {
+        println!("   {l}");
+    }
+    Ok(())
+}
+
+fn step(what: &str) {
+    println!("\n$ {what}");
+}
+
+fn demo() -> Result {
+    if !is_root() {
+        return Err("the demo mounts a filesystem: run `cargo xtask demo` as root".into());
+    }
+    let root = root();
+    run(cargo().args(["build", "--quiet", "--package", "strata"]))?;
+    let strata = root.join("target/debug/strata");
+    let built = layers::build_all(&root)?;
+    let scratch = root.join("target/demo");
+    if scratch.exists() {
+        // A previous demo may have been interrupted while mounted.
+        drop(DemoMount(scratch.join("merged")));
+        std::fs::remove_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    }
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir_all(scratch.join(d))
+            .map_err(|e| format!("{}: {e}", scratch.display()))?;
+    }
+    let lowerdir = built
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let (upper, work, merged) = (
+        scratch.join("upper"),
+        scratch.join("work"),
+        scratch.join("merged"),
+    );
+    let opts = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    step(&format!("strata mount -o {opts} {}", merged.display()));
+    run(Command::new(&strata)
+        .args(["mount", "-o", &opts])
+        .arg(&merged))?;
+    let guard = DemoMount(merged.clone());
+    show_tree("merged view: top over app over base", &merged)?;
+
+    let m = |rel: &str| merged.join(rel);
+    step("cat merged/etc/motd    # app's copy hides base's");
+    print!(
+        "{}",
+        std::fs::read_to_string(m("etc/motd")).map_err(|e| e.to_string())?
+    );
+    step("echo 'edited through strata' >> merged/etc/motd    # copy-up");
+    let mut motd = std::fs::read_to_string(m("etc/motd")).map_err(|e| e.to_string())?;
+    motd.push_str("edited through strata\n");
+    std::fs::write(m("etc/motd"), motd).map_err(|e| e.to_string())?;
+    step("echo hi > merged/notes.txt    # a new file");
+    std::fs::write(m("notes.txt"), "hi\n").map_err(|e| e.to_string())?;
+    step("rm merged/app/config.yaml    # a lower file: leaves a whiteout");
+    std::fs::remove_file(m("app/config.yaml")).map_err(|e| e.to_string())?;
+    step("rm -r merged/usr/share/doc    # a merged directory: a whiteout for the directory");
+    std::fs::remove_dir_all(m("usr/share/doc")).map_err(|e| e.to_string())?;
+    show_tree("merged view after the changes", &merged)?;
+    show_tree(
+        "upper directory: the changes in kernel overlayfs format",
+        &upper,
+    )?;
+
+    step(&format!("strata umount {}", merged.display()));
+    run(Command::new(&strata).arg("umount").arg(&merged))?;
+    drop(guard);
+    println!(
+        "\nDone. The layers are in layers/build/, the upper directory in {}.",
+        upper.display()
+    );
+    Ok(())
+}
