@@ -214,7 +214,7 @@ fn copy_up_keeps_metadata_and_holes() {
         fs::metadata(f.p("upper/dir")).unwrap().mode() & 0o7777,
         0o750
     );
-    let mut v = vec![0u8; 16];
+    let mut v = [0u8; 16];
     let n = rustix::fs::getxattr(f.p("upper/dir/sparse"), "user.k", &mut v[..]).unwrap();
     assert_eq!(&v[..n], b"v");
     assert_eq!(
@@ -261,7 +261,7 @@ fn recreated_directory_is_opaque_and_agrees_with_readdir() {
         u.lookup(d2.ino, OsStr::new("old")).unwrap_err(),
         Errno::ENOENT
     );
-    let mut v = vec![0u8; 4];
+    let mut v = [0u8; 4];
     let n = rustix::fs::getxattr(f.p("upper/d"), "trusted.overlay.opaque", &mut v[..]).unwrap();
     assert_eq!(&v[..n], b"y");
 }
