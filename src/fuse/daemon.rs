@@ -49,6 +49,14 @@ pub enum DaemonError {
     Child(String),
 }
 
+fn os(context: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> DaemonError {
+    let context = context.into();
+    move |e| DaemonError::Io {
+        context,
+        source: e.into(),
+    }
+}
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
     let context = context.into();
     move |source| DaemonError::Io { context, source }
@@ -60,17 +68,18 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError 
 /// Bad options or paths (nothing is mounted or changed then), or the mount failing.
 pub fn mount(req: &MountRequest) -> Result<(), DaemonError> {
     let paths = req.options.validate(&req.mountpoint)?;
+    // The daemon leaves the caller's directory; every path it keeps is absolute.
+    let mountpoint = std::fs::canonicalize(&req.mountpoint)
+        .map_err(io(format!("mountpoint {}", req.mountpoint.display())))?;
+    let req = &MountRequest {
+        mountpoint,
+        ..req.clone()
+    };
     if req.foreground {
         return serve(req, &paths, None);
     }
-    let (rd, wr) = rustix::pipe::pipe().map_err(|e| DaemonError::Io {
-        context: "pipe".into(),
-        source: e.into(),
-    })?;
-    match sys::fork().map_err(|e| DaemonError::Io {
-        context: "fork".into(),
-        source: e.into(),
-    })? {
+    let (rd, wr) = rustix::pipe::pipe().map_err(os("pipe"))?;
+    match sys::fork().map_err(os("fork"))? {
         sys::Forked::Parent(_) => {
             drop(wr);
             let mut msg = String::new();
@@ -100,20 +109,16 @@ pub fn mount(req: &MountRequest) -> Result<(), DaemonError> {
 
 /// Starts a new session and points the standard descriptors at /dev/null.
 fn detach() -> Result<(), DaemonError> {
-    sys::setsid().map_err(|e| DaemonError::Io {
-        context: "setsid".into(),
-        source: e.into(),
-    })?;
+    sys::setsid().map_err(os("setsid"))?;
+    // Do not keep the caller's working directory (and its filesystem) busy.
+    std::env::set_current_dir("/").map_err(io("chdir /"))?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
         .map_err(io("/dev/null"))?;
     for fd in [0, 1, 2] {
-        sys::redirect_stdio(null.as_fd(), fd).map_err(|e| DaemonError::Io {
-            context: "dup2".into(),
-            source: e.into(),
-        })?;
+        sys::redirect_stdio(null.as_fd(), fd).map_err(os("dup2"))?;
     }
     Ok(())
 }
@@ -125,14 +130,8 @@ fn clean_work(work: &Path) -> Result<(), DaemonError> {
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| DaemonError::Io {
-        context: format!("workdir {}", work.display()),
-        source: e.into(),
-    })?;
-    let entries = sys::read_dir(dir.as_fd()).map_err(|e| DaemonError::Io {
-        context: format!("workdir {}", work.display()),
-        source: e.into(),
-    })?;
+    .map_err(os(format!("workdir {}", work.display())))?;
+    let entries = sys::read_dir(dir.as_fd()).map_err(os(format!("workdir {}", work.display())))?;
     for e in entries.iter().filter(|e| is_work_leftover(&e.name)) {
         sys::remove_tree_at(dir.as_fd(), &e.name).map_err(|err| DaemonError::Io {
             context: format!("cleaning {:?} from workdir {}", e.name, work.display()),
@@ -237,10 +236,7 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
     }
     // The daemon applies exact modes; the kernel already applied the caller's umask.
     sys::set_umask(0);
-    sys::block_termination_signals().map_err(|e| DaemonError::Io {
-        context: "signal mask".into(),
-        source: e.into(),
-    })?;
+    sys::block_termination_signals().map_err(os("signal mask"))?;
     if let Some(w) = &paths.work {
         clean_work(w)?;
     }
@@ -314,8 +310,5 @@ pub fn umount(mnt: &Path, lazy: bool) -> Result<(), DaemonError> {
             mnt.display()
         )));
     }
-    sys::unmount(&canon, lazy).map_err(|e| DaemonError::Io {
-        context: format!("unmounting {}", mnt.display()),
-        source: e.into(),
-    })
+    sys::unmount(&canon, lazy).map_err(os(format!("unmounting {}", mnt.display())))
 }

@@ -179,6 +179,17 @@ impl StrataMount {
     }
 }
 
+/// A guard for a strata mount made some other way (mount(8), a test's own command).
+pub struct StrataMountGuard;
+
+impl StrataMountGuard {
+    /// Takes charge of the live mount at `mnt`: unmounted when the guard drops.
+    pub fn adopt(mnt: PathBuf) -> StrataMount {
+        assert!(is_mounted(&mnt), "{} is not mounted", mnt.display());
+        StrataMount { mnt }
+    }
+}
+
 impl Drop for StrataMount {
     fn drop(&mut self) {
         unmount(&self.mnt);
@@ -360,4 +371,250 @@ pub fn put(p: &Path, data: &str) {
 /// The errno of an io::Error.
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers added for the mount, semantics, error and kernel-format suites.
+// ---------------------------------------------------------------------------------------------
+
+/// The options that make the kernel read and write plain overlay format (no redirects,
+/// no index, no metacopy, no xino), the format strata writes.
+pub const KERNEL_PLAIN: &str = "redirect_dir=off,index=off,metacopy=off,xino=off";
+
+impl Scratch {
+    /// Mounts kernel overlayfs on `kmnt` with lowers `0..n`, the given upper and
+    /// [`KERNEL_PLAIN`] options.
+    pub fn kernel_mount_plain(&self, n: usize, upper: &Path) -> KernelMount {
+        let kwork = self.path("kwork");
+        let _ = fs::remove_dir_all(&kwork);
+        fs::create_dir(&kwork).unwrap();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},{KERNEL_PLAIN}",
+            self.lowerdir(n),
+            upper.display(),
+            kwork.display()
+        );
+        KernelMount::new(&opts, &self.path("kmnt"))
+    }
+
+    /// Mounts kernel overlayfs on `kmnt` with lowers `0..n` only (read-only).
+    pub fn kernel_mount_lowers(&self, n: usize) -> KernelMount {
+        KernelMount::new(
+            &format!("lowerdir={}", self.lowerdir(n)),
+            &self.path("kmnt"),
+        )
+    }
+
+    /// Creates (if needed) and returns the directory `rel` below the scratch dir.
+    pub fn dir(&self, rel: &str) -> PathBuf {
+        let p = self.path(rel);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+impl StrataMount {
+    /// Runs `strata ARGS` where the mountpoint is not the last argument.
+    pub fn at(args: &[&str], mnt: &Path) -> StrataMount {
+        let out = strata(args);
+        assert!(
+            out.status.success(),
+            "strata {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            is_mounted(mnt),
+            "strata returned before {} was mounted",
+            mnt.display()
+        );
+        StrataMount {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+
+    /// Takes charge of a mount made some other way (e.g. a foreground daemon).
+    pub fn adopt(mnt: &Path) -> StrataMount {
+        StrataMount {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+/// Whether `mnt` is a mountpoint right now (per /proc/self/mounts).
+pub fn mounted(mnt: &Path) -> bool {
+    is_mounted(mnt)
+}
+
+/// Mounts a small tmpfs on `p` (created if needed); unmounted when the guard drops.
+pub fn tmpfs(p: &Path) -> KernelMount {
+    fs::create_dir_all(p).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs on {} failed", p.display());
+    KernelMount {
+        mnt: p.to_path_buf(),
+    }
+}
+
+/// Polls `cond` until it holds or `secs` pass; returns whether it held. Used only to
+/// wait for events (a daemon exiting, a mount appearing), never to assert speed.
+pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids of live strata processes whose command line names `mnt`.
+pub fn daemon_pids(mnt: &Path) -> Vec<u32> {
+    let want = mnt.as_os_str().as_bytes();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let is_strata = args
+            .first()
+            .map(|a| a.ends_with(b"/strata") || *a == b"strata")
+            .unwrap_or(false);
+        if is_strata && args.iter().any(|a| *a == want) && !process_gone(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The one strata daemon serving `mnt`.
+pub fn daemon_pid(mnt: &Path) -> u32 {
+    let pids = daemon_pids(mnt);
+    assert_eq!(
+        pids.len(),
+        1,
+        "expected exactly one strata daemon for {}, found {pids:?}",
+        mnt.display()
+    );
+    pids[0]
+}
+
+/// Whether process `pid` has exited (gone, or a zombie waiting for its reaper).
+pub fn process_gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+            .unwrap_or(true),
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// A child process killed (and reaped) on Drop unless it already exited.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Reads an xattr of `p` (not following symlinks), overlay-private ones included.
+pub fn lgetxattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    let n = rustix::fs::lgetxattr(p, name, &mut buf[..])?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Sets an xattr of `p` (not following symlinks).
+pub fn lsetxattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    Ok(rustix::fs::lsetxattr(
+        p,
+        name,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
+}
+
+/// Removes an xattr of `p` (not following symlinks).
+pub fn lremovexattr(p: &Path, name: &str) -> std::io::Result<()> {
+    Ok(rustix::fs::lremovexattr(p, name)?)
+}
+
+/// Every xattr name of `p` (not following symlinks), overlay-private ones included.
+pub fn llistxattr(p: &Path) -> std::io::Result<Vec<String>> {
+    let mut buf = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(p, &mut buf[..])?;
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
+}
+
+/// Whether `p` is a kernel-format whiteout (character device 0/0).
+pub fn is_whiteout(p: &Path) -> bool {
+    fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_char_device() && m.rdev() == 0)
+        .unwrap_or(false)
+}
+
+/// The sorted names in directory `p`.
+pub fn names(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The errno of `r`, which must be an error.
+pub fn err_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("expected an error, got Ok({v:?})"),
+        Err(e) => errno(&e),
+    }
+}
+
+/// Runs `sh -c SCRIPT` as uid/gid 65534 (nobody); returns the output.
+pub fn sh_as_nobody(script: &str) -> Output {
+    use std::os::unix::process::CommandExt;
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .uid(65534)
+        .gid(65534)
+        .env_clear()
+        .output()
+        .unwrap()
+}
+
+/// Runs `sh -c SCRIPT` as the current user; returns the output.
+pub fn sh(script: &str) -> Output {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap()
 }
