@@ -18,6 +18,14 @@ use super::Union;
 use crate::error::{Errno, Result};
 use crate::sys;
 
+fn atime(st: &sys::Stat) -> sys::SetTime {
+    sys::SetTime::At(st.st_atime, st.st_atime_nsec as i64)
+}
+
+fn mtime(st: &sys::Stat) -> sys::SetTime {
+    sys::SetTime::At(st.st_mtime, st.st_mtime_nsec as i64)
+}
+
 impl Union {
     /// Makes sure node `id` has its own copy in the upper layer.
     pub(super) fn copy_up(&self, id: u64) -> Result<()> {
@@ -37,7 +45,10 @@ impl Union {
             .copy_entry(src_dir.as_fd(), &name, &st, work, &tmp)
             .and_then(|()| {
                 let dst_dir = self.stack.open_dir(upper, &dir)?;
+                let parent_st = sys::stat_fd(dst_dir.as_fd())?;
                 sys::rename_at(work, &tmp, dst_dir.as_fd(), &name, RenameFlags::NOREPLACE)?;
+                // A copy-up does not change the parent: keep its times (as the kernel does).
+                sys::utimens_fd(dst_dir.as_fd(), atime(&parent_st), mtime(&parent_st))?;
                 Ok(sys::stat_at(dst_dir.as_fd(), &name)?)
             });
         let new_st = match placed {
@@ -159,9 +170,7 @@ impl Union {
             Err(rustix::io::Errno::OPNOTSUPP) => {}
             Err(e) => return Err(e.into()),
         }
-        let at = sys::SetTime::At(st.st_atime, st.st_atime_nsec as i64);
-        let mt = sys::SetTime::At(st.st_mtime, st.st_mtime_nsec as i64);
-        sys::utimens_fd(dst, at, mt)?;
+        sys::utimens_fd(dst, atime(st), mtime(st))?;
         Ok(())
     }
 }
