@@ -490,7 +490,7 @@ pub fn daemon_pids(mnt: &Path) -> Vec<u32> {
             .first()
             .map(|a| a.ends_with(b"/strata") || *a == b"strata")
             .unwrap_or(false);
-        if is_strata && args.iter().any(|a| *a == want) && !process_gone(pid) {
+        if is_strata && args.contains(&want) && !process_gone(pid) {
             out.push(pid);
         }
     }
@@ -617,4 +617,82 @@ pub fn sh(script: &str) -> Output {
         .arg(script)
         .output()
         .unwrap()
+}
+
+/// Like [`tree`], but reads xattrs in-process (no python per entry): for snapshots of
+/// whole scratch directories taken many times.
+pub fn tree_quick(root: &Path) -> BTreeMap<PathBuf, Seen> {
+    let mut out = BTreeMap::new();
+    walk_quick(root, root, &mut out);
+    out
+}
+
+fn walk_quick(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Seen>) {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let m = fs::symlink_metadata(&p).unwrap();
+        let kind = kind_of(m.file_type());
+        let data = match kind {
+            "file" => fs::read(&p).unwrap(),
+            "symlink" => fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        let size = if kind == "dir" { 0 } else { m.size() };
+        let mut xs = BTreeMap::new();
+        for n in llistxattr(&p).unwrap_or_default() {
+            if n.starts_with("trusted.overlay.") || n.starts_with("user.overlay.") {
+                continue;
+            }
+            if let Ok(v) = lgetxattr(&p, &n) {
+                xs.insert(OsString::from(n), v);
+            }
+        }
+        let seen = Seen {
+            kind,
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size,
+            data,
+            xattrs: xs,
+        };
+        out.insert(p.strip_prefix(root).unwrap().to_path_buf(), seen);
+        if kind == "dir" {
+            walk_quick(root, &p, out);
+        }
+    }
+}
+
+impl Scratch {
+    /// The kernel's upper directory for [`on_kernel_then_strata`].
+    pub fn kupper(&self) -> PathBuf {
+        self.path("kupper")
+    }
+}
+
+/// Runs `check` first on a kernel overlayfs mount of lowers `0..n` (plain options, upper
+/// `kupper`, a copy of the starting upper), then on a strata mount of the same layers with
+/// `upper`. The kernel run checks the test's expectations; the strata run checks strata.
+/// Afterwards `kupper` and `upper` hold what each wrote.
+pub fn on_kernel_then_strata(s: &Scratch, n: usize, check: impl Fn(&Path)) {
+    let _ = fs::remove_dir_all(s.kupper());
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(s.upper())
+        .arg(s.kupper())
+        .status()
+        .unwrap();
+    assert!(st.success(), "copying the upper for the kernel run");
+    {
+        let k = s.kernel_mount_plain(n, &s.kupper());
+        eprintln!("--- checking kernel overlayfs at {}", k.mnt.display());
+        check(&k.mnt);
+    }
+    let m = s.mount(n);
+    eprintln!("--- checking strata at {}", m.mnt.display());
+    check(&m.mnt);
 }

@@ -1,0 +1,863 @@
+//! Union semantics: which layer wins, whiteouts and opaque directories in every format strata
+//! reads, that no overlay-private name or xattr is ever visible, what removing and renaming
+//! leaves in the upper, name and path length limits, unlinked-but-open files, `.wh.` names,
+//! and symlinks in layers that must not lead strata outside them.
+//!
+//! Where the kernel's overlayfs reads the same format, each check runs on a kernel mount of
+//! the same layers first (plain options), so a wrong expectation fails on the kernel run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+use common::*;
+use rustix::io::Errno;
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::Path;
+use std::process::Command;
+
+fn enoent() -> i32 {
+    Errno::NOENT.raw_os_error()
+}
+
+fn assert_gone(p: &Path) {
+    match fs::symlink_metadata(p) {
+        Err(e) => assert_eq!(errno(&e), enoent(), "stat {}: {e}", p.display()),
+        Ok(m) => panic!(
+            "{} should not exist, but is {:?}",
+            p.display(),
+            m.file_type()
+        ),
+    }
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// Asserts no entry below `root` is a whiteout or an OCI marker and no xattr is overlay-private.
+fn assert_nothing_private(root: &Path) {
+    for e in fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with(".wh."), "{} is visible", p.display());
+        assert!(!is_whiteout(&p), "whiteout {} is visible", p.display());
+        for x in llistxattr(&p).unwrap_or_default() {
+            assert!(
+                !x.starts_with("trusted.overlay.") && !x.starts_with("user.overlay."),
+                "{} lists {x}",
+                p.display()
+            );
+        }
+        if e.file_type().unwrap().is_dir() {
+            assert_nothing_private(&p);
+        }
+    }
+    for x in llistxattr(root).unwrap_or_default() {
+        assert!(
+            !x.starts_with("trusted.overlay.") && !x.starts_with("user.overlay."),
+            "{} lists {x}",
+            root.display()
+        );
+    }
+}
+
+#[test]
+fn top_most_layer_wins() {
+    let s = Scratch::new();
+    put(&s.lower(2).join("f"), "2");
+    put(&s.lower(1).join("f"), "1");
+    put(&s.lower(0).join("f"), "0");
+    put(&s.upper().join("f"), "u");
+    put(&s.lower(2).join("g"), "only2");
+    put(&s.lower(1).join("h"), "1");
+    put(&s.lower(0).join("h"), "0");
+    put(&s.lower(2).join("d/a"), "a2");
+    put(&s.lower(1).join("d/b"), "b1");
+    put(&s.lower(0).join("d/c"), "c0");
+    put(&s.upper().join("d/u"), "uu");
+    put(&s.lower(2).join("d/a2only"), "x");
+    put(&s.lower(1).join("d/a"), "a1");
+    // type conflicts: the top entry decides, a lower non-directory ends the merge
+    put(&s.lower(1).join("x"), "file in lower1");
+    put(&s.lower(0).join("x/inner"), "dir in lower0");
+    put(&s.lower(1).join("y/q"), "dir in lower1");
+    put(&s.lower(0).join("y"), "file in lower0");
+    put(&s.lower(0).join("z/top"), "t");
+    put(&s.lower(1).join("z"), "file in the middle");
+    put(&s.lower(2).join("z/bottom"), "b");
+    on_kernel_then_strata(&s, 3, |m| {
+        assert_eq!(read(&m.join("f")), "u");
+        assert_eq!(read(&m.join("g")), "only2");
+        assert_eq!(read(&m.join("h")), "0");
+        assert_eq!(names(&m.join("d")), ["a", "a2only", "b", "c", "u"]);
+        assert_eq!(read(&m.join("d/a")), "a1");
+        assert_eq!(read(&m.join("d/u")), "uu");
+        assert_eq!(names(&m.join("x")), ["inner"]);
+        assert_eq!(read(&m.join("y")), "file in lower0");
+        assert_eq!(names(&m.join("z")), ["top"]);
+        assert_gone(&m.join("z/bottom"));
+        assert_eq!(names(m), ["d", "f", "g", "h", "x", "y", "z"]);
+    });
+}
+
+#[test]
+fn kernel_whiteouts_hide_lower_names() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("f"), "f");
+    put(&s.lower(1).join("keep"), "k");
+    put(&s.lower(1).join("d/x"), "x");
+    put(&s.lower(1).join("d/y"), "y");
+    put(&s.lower(1).join("dd/z"), "z");
+    put(&s.lower(1).join("u"), "u");
+    mknod_whiteout(&s.lower(0).join("f"));
+    fs::create_dir_all(s.lower(0).join("d")).unwrap();
+    mknod_whiteout(&s.lower(0).join("d/x"));
+    mknod_whiteout(&s.lower(0).join("dd"));
+    mknod_whiteout(&s.upper().join("u"));
+    on_kernel_then_strata(&s, 2, |m| {
+        assert_eq!(names(m), ["d", "keep"]);
+        assert_eq!(names(&m.join("d")), ["y"]);
+        for gone in ["f", "d/x", "dd", "dd/z", "u"] {
+            assert_gone(&m.join(gone));
+            assert_eq!(err_of(fs::File::open(m.join(gone))), enoent());
+        }
+        assert_nothing_private(m);
+    });
+}
+
+#[test]
+fn oci_whiteouts_in_lowers_hide_names() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("f"), "f");
+    put(&s.lower(1).join("keep"), "k");
+    put(&s.lower(1).join("d/x"), "x");
+    put(&s.lower(1).join("d/y"), "y");
+    put(&s.lower(1).join("dd/z"), "z");
+    put(&s.lower(0).join(".wh.f"), "");
+    put(&s.lower(0).join("d/.wh.x"), "");
+    put(&s.lower(0).join(".wh.dd"), "");
+    put(&s.lower(0).join("new"), "n");
+    let m = s.mount(2);
+    assert_eq!(names(&m.mnt), ["d", "keep", "new"]);
+    assert_eq!(names(&m.path("d")), ["y"]);
+    for gone in ["f", "d/x", "dd", "dd/z", ".wh.f", "d/.wh.x", ".wh.dd"] {
+        assert_gone(&m.path(gone));
+    }
+    assert_nothing_private(&m.mnt);
+}
+
+#[test]
+fn trusted_opaque_xattr_hides_lower_contents() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("t/old"), "old");
+    put(&s.lower(1).join("t/sub/deep"), "deep");
+    put(&s.lower(0).join("t/new"), "new");
+    set_xattr(&s.lower(0).join("t"), "trusted.overlay.opaque", b"y");
+    put(&s.lower(1).join("ut/old"), "old");
+    put(&s.upper().join("ut/mine"), "mine");
+    set_xattr(&s.upper().join("ut"), "trusted.overlay.opaque", b"y");
+    on_kernel_then_strata(&s, 2, |m| {
+        assert_eq!(names(&m.join("t")), ["new"]);
+        assert_eq!(names(&m.join("ut")), ["mine"]);
+        for gone in ["t/old", "t/sub", "t/sub/deep", "ut/old"] {
+            assert_gone(&m.join(gone));
+        }
+        assert!(
+            lgetxattr(&m.join("t"), "trusted.overlay.opaque").is_err(),
+            "opaque xattr readable on t"
+        );
+        assert!(
+            lgetxattr(&m.join("ut"), "trusted.overlay.opaque").is_err(),
+            "opaque xattr readable on ut"
+        );
+        assert_nothing_private(m);
+    });
+}
+
+#[test]
+fn user_opaque_xattr_and_oci_marker_hide_lower_contents() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("u/old"), "old");
+    put(&s.lower(0).join("u/new"), "new");
+    set_xattr(&s.lower(0).join("u"), "user.overlay.opaque", b"y");
+    put(&s.lower(1).join("o/old"), "old");
+    put(&s.lower(1).join("o/sub/x"), "x");
+    put(&s.lower(0).join("o/new"), "new");
+    put(&s.lower(0).join("o/.wh..wh..opq"), "");
+    put(&s.lower(2).join("o/older"), "older");
+    let m = s.mount(3);
+    assert_eq!(names(&m.path("u")), ["new"]);
+    assert_eq!(names(&m.path("o")), ["new"]);
+    for gone in ["u/old", "o/old", "o/sub", "o/older", "o/.wh..wh..opq"] {
+        assert_gone(&m.path(gone));
+    }
+    assert!(
+        lgetxattr(&m.path("u"), "user.overlay.opaque").is_err(),
+        "user.overlay.opaque readable"
+    );
+    assert_nothing_private(&m.mnt);
+}
+
+#[test]
+fn private_names_stay_hidden_after_changes() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("f"), "f");
+    put(&s.lower(1).join("d/a"), "a");
+    put(&s.lower(1).join("e/b"), "b");
+    on_kernel_then_strata(&s, 2, |m| {
+        fs::remove_file(m.join("f")).unwrap();
+        fs::remove_file(m.join("d/a")).unwrap();
+        Command::new("rm")
+            .arg("-rf")
+            .arg(m.join("e"))
+            .status()
+            .unwrap();
+        fs::create_dir(m.join("e")).unwrap();
+        assert_eq!(names(m), ["d", "e"]);
+        assert!(names(&m.join("d")).is_empty());
+        assert!(names(&m.join("e")).is_empty());
+        assert_gone(&m.join("e/.wh..wh..opq"));
+        assert!(
+            lgetxattr(&m.join("e"), "trusted.overlay.opaque").is_err(),
+            "opaque xattr readable"
+        );
+        assert_nothing_private(m);
+    });
+    assert!(is_whiteout(&s.upper().join("f")));
+    assert!(is_whiteout(&s.upper().join("d/a")));
+    // listing the upper directly: the markers are there, just not through the mount
+    assert_eq!(
+        lgetxattr(&s.upper().join("e"), "trusted.overlay.opaque").unwrap(),
+        b"y"
+    );
+}
+
+#[test]
+fn unlink_of_a_lower_file_leaves_a_whiteout() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("f"), "f");
+    put(&s.lower(0).join("d/g"), "g");
+    on_kernel_then_strata(&s, 2, |m| {
+        fs::remove_file(m.join("f")).unwrap();
+        fs::remove_file(m.join("d/g")).unwrap();
+        fs::write(m.join("mine"), "m").unwrap();
+        fs::remove_file(m.join("mine")).unwrap();
+        assert_gone(&m.join("f"));
+        assert_gone(&m.join("d/g"));
+        assert_gone(&m.join("mine"));
+        assert_eq!(names(m), ["d"]);
+    });
+    for up in [s.kupper(), s.upper()] {
+        assert!(
+            is_whiteout(&up.join("f")),
+            "{}/f is not a 0/0 whiteout",
+            up.display()
+        );
+        assert!(
+            is_whiteout(&up.join("d/g")),
+            "{}/d/g is not a 0/0 whiteout",
+            up.display()
+        );
+        assert_gone(&up.join("mine"));
+    }
+    let m = s.mount(2);
+    assert_gone(&m.path("f"));
+    assert_eq!(names(&m.mnt), ["d"]);
+}
+
+#[test]
+fn rmdir_of_a_lower_dir_leaves_a_whiteout() {
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(1).join("e")).unwrap();
+    fs::create_dir_all(s.lower(0).join("p/q")).unwrap();
+    on_kernel_then_strata(&s, 2, |m| {
+        fs::remove_dir(m.join("e")).unwrap();
+        fs::remove_dir(m.join("p/q")).unwrap();
+        assert_gone(&m.join("e"));
+        assert_gone(&m.join("p/q"));
+        assert_eq!(names(m), ["p"]);
+    });
+    for up in [s.kupper(), s.upper()] {
+        assert!(
+            is_whiteout(&up.join("e")),
+            "{}/e is not a whiteout",
+            up.display()
+        );
+        assert!(
+            is_whiteout(&up.join("p/q")),
+            "{}/p/q is not a whiteout",
+            up.display()
+        );
+    }
+}
+
+#[test]
+fn rmdir_of_a_merged_dir_needs_it_to_look_empty() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("d/f1"), "1");
+    put(&s.lower(0).join("d/f0"), "0");
+    put(&s.lower(1).join("d/sub/x"), "x");
+    let enotempty = Errno::NOTEMPTY.raw_os_error();
+    on_kernel_then_strata(&s, 2, |m| {
+        let d = m.join("d");
+        fs::write(d.join("new"), "n").unwrap();
+        assert_eq!(err_of(fs::remove_dir(&d)), enotempty);
+        fs::remove_file(d.join("f0")).unwrap();
+        assert_eq!(err_of(fs::remove_dir(&d)), enotempty);
+        fs::remove_file(d.join("new")).unwrap();
+        assert_eq!(err_of(fs::remove_dir(&d)), enotempty);
+        fs::remove_file(d.join("f1")).unwrap();
+        assert_eq!(err_of(fs::remove_dir(&d)), enotempty);
+        assert_eq!(err_of(fs::remove_dir(d.join("sub"))), enotempty);
+        fs::remove_file(d.join("sub/x")).unwrap();
+        fs::remove_dir(d.join("sub")).unwrap();
+        assert!(names(&d).is_empty());
+        fs::remove_dir(&d).unwrap();
+        assert_gone(&d);
+        assert!(names(m).is_empty());
+    });
+    for up in [s.kupper(), s.upper()] {
+        assert!(
+            is_whiteout(&up.join("d")),
+            "{}/d is not a whiteout",
+            up.display()
+        );
+    }
+    let m = s.mount(2);
+    assert!(names(&m.mnt).is_empty());
+}
+
+#[test]
+fn rm_rf_then_mkdir_gives_an_opaque_dir_hiding_every_old_name() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("d/a"), "a");
+    put(&s.lower(1).join("d/sub/b"), "b");
+    put(&s.lower(1).join("d/sub/deeper/c"), "c");
+    put(&s.lower(0).join("d/top"), "top");
+    put(&s.lower(0).join("d/sub/t"), "t");
+    let old = [
+        "d/a",
+        "d/top",
+        "d/sub",
+        "d/sub/b",
+        "d/sub/t",
+        "d/sub/deeper",
+        "d/sub/deeper/c",
+    ];
+    on_kernel_then_strata(&s, 2, |m| {
+        // look everything up first so any cache knows the old names
+        assert_eq!(names(&m.join("d")), ["a", "sub", "top"]);
+        assert_eq!(read(&m.join("d/sub/deeper/c")), "c");
+        let st = Command::new("rm")
+            .arg("-rf")
+            .arg(m.join("d"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_gone(&m.join("d"));
+        fs::create_dir(m.join("d")).unwrap();
+        for o in old {
+            assert_gone(&m.join(o));
+        }
+        let ls = Command::new("ls")
+            .arg("-laR")
+            .arg(m.join("d"))
+            .output()
+            .unwrap();
+        assert!(ls.status.success());
+        assert!(
+            names(&m.join("d")).is_empty(),
+            "new d is not empty: {:?}",
+            names(&m.join("d"))
+        );
+        for o in old {
+            assert_gone(&m.join(o));
+        }
+        for o in ["d/./a", "d/../d/top", "d/sub/../a"] {
+            assert_gone(&m.join(o));
+        }
+        // recreating an old name gives a new, empty object
+        fs::create_dir(m.join("d/sub")).unwrap();
+        assert!(names(&m.join("d/sub")).is_empty());
+        assert_gone(&m.join("d/sub/b"));
+        assert_gone(&m.join("d/sub/deeper/c"));
+        fs::write(m.join("d/a"), "new a").unwrap();
+        assert_eq!(read(&m.join("d/a")), "new a");
+        assert_eq!(names(&m.join("d")), ["a", "sub"]);
+    });
+    for up in [s.kupper(), s.upper()] {
+        assert_eq!(
+            lgetxattr(&up.join("d"), "trusted.overlay.opaque")
+                .ok()
+                .as_deref(),
+            Some(&b"y"[..]),
+            "{}/d is not opaque",
+            up.display()
+        );
+    }
+    let m = s.mount(2);
+    assert_eq!(names(&m.path("d")), ["a", "sub"]);
+    assert!(names(&m.path("d/sub")).is_empty());
+    for o in ["d/top", "d/sub/b", "d/sub/t", "d/sub/deeper"] {
+        assert_gone(&m.path(o));
+    }
+}
+
+#[test]
+fn descriptors_of_a_removed_dir_reach_nothing_old() {
+    use rustix::fs::{openat, statat, AtFlags, Mode, OFlags};
+    let s = Scratch::new();
+    put(&s.lower(1).join("d/a"), "a");
+    put(&s.lower(1).join("d/sub/b"), "b");
+    put(&s.lower(0).join("d/top"), "top");
+    on_kernel_then_strata(&s, 2, |m| {
+        let dir = |p: &Path| {
+            openat(
+                rustix::fs::CWD,
+                p,
+                OFlags::DIRECTORY | OFlags::RDONLY,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        let old_d = dir(&m.join("d"));
+        let old_sub = dir(&m.join("d/sub"));
+        let st = Command::new("rm")
+            .arg("-rf")
+            .arg(m.join("d"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fs::create_dir(m.join("d")).unwrap();
+        for (fd, name) in [(&old_d, "a"), (&old_d, "top"), (&old_sub, "b")] {
+            let r = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW);
+            assert_eq!(
+                r.map(|_| ()).map_err(|e| e.raw_os_error()),
+                Err(enoent()),
+                "{name} reachable from a descriptor of the removed dir"
+            );
+        }
+        for p in ["d/./a", "d/../d/top", "d/sub", "d/sub/b"] {
+            assert_gone(&m.join(p));
+        }
+        // the descriptors of the removed dirs list nothing
+        let listing = |fd: rustix::fd::OwnedFd| {
+            let mut names = Vec::new();
+            let mut d = rustix::fs::Dir::new(fd).unwrap();
+            while let Some(e) = d.read() {
+                let n = e.unwrap().file_name().to_string_lossy().into_owned();
+                if n != "." && n != ".." {
+                    names.push(n);
+                }
+            }
+            names
+        };
+        assert_eq!(
+            listing(old_d),
+            Vec::<String>::new(),
+            "removed d lists old names"
+        );
+        assert_eq!(
+            listing(old_sub),
+            Vec::<String>::new(),
+            "removed d/sub lists old names"
+        );
+        assert!(names(&m.join("d")).is_empty());
+    });
+}
+
+#[test]
+fn a_removed_dir_can_be_reopened_through_a_descriptor() {
+    // As with a shell whose working directory was removed: `ls .` lists nothing.
+    use rustix::fs::{openat, Mode, OFlags};
+    let s = Scratch::new();
+    put(&s.lower(1).join("d/a"), "a");
+    fs::create_dir_all(s.upper().join("n")).unwrap();
+    on_kernel_then_strata(&s, 2, |m| {
+        for name in ["d", "n"] {
+            let old = fs::File::open(m.join(name)).unwrap();
+            let st = Command::new("rm")
+                .arg("-rf")
+                .arg(m.join(name))
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let again = openat(&old, ".", OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty());
+            let again = again.unwrap_or_else(|e| panic!("open(\".\") in removed {name}: {e}"));
+            let mut d = rustix::fs::Dir::new(again).unwrap();
+            while let Some(e) = d.read() {
+                let n = e.unwrap().file_name().to_string_lossy().into_owned();
+                assert!(n == "." || n == "..", "removed {name} lists {n}");
+            }
+        }
+    });
+}
+
+#[test]
+fn a_dir_made_again_while_the_old_one_is_open_is_usable() {
+    let s = Scratch::new();
+    // several rounds, as the new upper dir may or may not reuse the old one's inode number
+    let rounds: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    for d in &rounds {
+        put(&s.lower(1).join(d).join("a"), "a");
+        put(&s.lower(1).join(d).join("sub/b"), "b");
+        put(&s.lower(0).join(d).join("top"), "top");
+    }
+    on_kernel_then_strata(&s, 2, |m| {
+        for d in &rounds {
+            let d = m.join(d);
+            // as a shell whose working directory is d would hold it
+            let old_d = fs::File::open(&d).unwrap();
+            let st = Command::new("rm").arg("-rf").arg(&d).status().unwrap();
+            assert!(st.success());
+            fs::create_dir(&d).unwrap();
+            fs::create_dir(d.join("sub"))
+                .unwrap_or_else(|e| panic!("mkdir {}/sub: {e}", d.display()));
+            fs::write(d.join("f"), "f").unwrap();
+            assert_eq!(names(&d), ["f", "sub"]);
+            assert!(names(&d.join("sub")).is_empty());
+            drop(old_d);
+            fs::write(d.join("sub/g"), "g").unwrap();
+            assert_eq!(read(&d.join("sub/g")), "g");
+        }
+    });
+}
+
+#[test]
+fn rename_of_a_lower_dir_is_exdev_but_mv_works() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("d/a"), "a");
+    put(&s.lower(1).join("d/sub/b"), "b");
+    put(&s.lower(0).join("d/c"), "c");
+    put(&s.lower(1).join("only/x"), "x");
+    let exdev = Errno::XDEV.raw_os_error();
+    on_kernel_then_strata(&s, 2, |m| {
+        assert_eq!(err_of(fs::rename(m.join("d"), m.join("e"))), exdev);
+        assert_eq!(err_of(fs::rename(m.join("only"), m.join("d/only"))), exdev);
+        let out = Command::new("mv")
+            .arg(m.join("d"))
+            .arg(m.join("e"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mv failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_gone(&m.join("d"));
+        assert_eq!(names(&m.join("e")), ["a", "c", "sub"]);
+        assert_eq!(read(&m.join("e/a")), "a");
+        assert_eq!(read(&m.join("e/sub/b")), "b");
+        assert_eq!(read(&m.join("e/c")), "c");
+        assert_eq!(names(m), ["e", "only"]);
+    });
+    let m = s.mount(2);
+    assert_gone(&m.path("d"));
+    assert_eq!(names(&m.path("e/sub")), ["b"]);
+}
+
+#[test]
+fn rename_of_a_dir_made_on_the_mount_works() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("t/old"), "old");
+    put(&s.lower(1).join("keep"), "k");
+    on_kernel_then_strata(&s, 2, |m| {
+        put(&m.join("n/x"), "x");
+        put(&m.join("n/sub/y"), "y");
+        fs::rename(m.join("n"), m.join("n2")).unwrap();
+        assert_gone(&m.join("n"));
+        assert_eq!(read(&m.join("n2/sub/y")), "y");
+        // into another directory
+        fs::rename(m.join("n2"), m.join("t/n3")).unwrap();
+        assert_eq!(names(&m.join("t")), ["n3", "old"]);
+        assert_eq!(read(&m.join("t/n3/x")), "x");
+        // over a lower directory that only looks empty: the old contents stay hidden
+        fs::remove_file(m.join("t/old")).unwrap();
+        fs::rename(m.join("t/n3"), m.join("t2")).unwrap();
+        fs::rename(m.join("t2"), m.join("t")).unwrap();
+        assert_eq!(names(&m.join("t")), ["sub", "x"]);
+        assert_gone(&m.join("t/old"));
+        assert_eq!(names(m), ["keep", "t"]);
+    });
+    let m = s.mount(2);
+    assert_eq!(names(&m.path("t")), ["sub", "x"]);
+    assert_gone(&m.path("t/old"));
+}
+
+#[test]
+fn names_of_255_bytes_work_and_256_are_too_long() {
+    let s = Scratch::new();
+    let n255 = "n".repeat(255);
+    let l255 = "l".repeat(255);
+    let n256 = "n".repeat(256);
+    put(&s.lower(1).join(&l255), "lower");
+    let toolong = Errno::NAMETOOLONG.raw_os_error();
+    on_kernel_then_strata(&s, 2, |m| {
+        fs::write(m.join(&n255), "x").unwrap();
+        assert_eq!(read(&m.join(&n255)), "x");
+        assert!(names(m).contains(&n255));
+        fs::create_dir(m.join("d")).unwrap();
+        fs::create_dir(m.join("d").join(&n255)).unwrap();
+        fs::rename(m.join(&n255), m.join("d").join(&n255).join(&n255)).unwrap();
+        assert_eq!(read(&m.join("d").join(&n255).join(&n255)), "x");
+        // a lower name of 255 bytes can be removed (a .wh. file could not be named)
+        assert_eq!(read(&m.join(&l255)), "lower");
+        fs::remove_file(m.join(&l255)).unwrap();
+        assert_gone(&m.join(&l255));
+        assert_eq!(err_of(fs::write(m.join(&n256), "x")), toolong);
+        assert_eq!(err_of(fs::create_dir(m.join(&n256))), toolong);
+        assert_eq!(err_of(fs::symlink_metadata(m.join(&n256))), toolong);
+        assert_eq!(err_of(symlink("t", m.join(&n256))), toolong);
+        assert_eq!(err_of(fs::rename(m.join("d"), m.join(&n256))), toolong);
+    });
+    assert!(is_whiteout(&s.upper().join(&l255)));
+}
+
+#[test]
+fn a_tree_deeper_than_path_max_can_be_made_and_removed() {
+    use rustix::fs::{mkdirat, openat, Mode, OFlags};
+    let s = Scratch::new();
+    put(&s.lower(1).join("top/lowerfile"), "l");
+    let comp = "c".repeat(200);
+    let depth = 30; // 30 * 201 bytes > PATH_MAX
+    on_kernel_then_strata(&s, 2, |m| {
+        let mut dir = openat(
+            rustix::fs::CWD,
+            m.join("top"),
+            OFlags::DIRECTORY | OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .unwrap();
+        for _ in 0..depth {
+            mkdirat(&dir, comp.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+            dir = openat(
+                &dir,
+                comp.as_str(),
+                OFlags::DIRECTORY | OFlags::RDONLY,
+                Mode::empty(),
+            )
+            .unwrap();
+        }
+        let f = openat(
+            &dir,
+            "leaf",
+            OFlags::CREATE | OFlags::WRONLY,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::io::write(&f, b"deep").unwrap();
+        drop(f);
+        let f = openat(&dir, "leaf", OFlags::RDONLY, Mode::empty()).unwrap();
+        let mut buf = [0u8; 16];
+        let n = rustix::io::read(&f, &mut buf[..]).unwrap();
+        assert_eq!(&buf[..n], b"deep");
+        let rm = Command::new("rm")
+            .arg("-rf")
+            .arg(m.join("top").join(&comp))
+            .output()
+            .unwrap();
+        assert!(
+            rm.status.success(),
+            "rm -rf failed: {}",
+            String::from_utf8_lossy(&rm.stderr)
+        );
+        assert_eq!(names(&m.join("top")), ["lowerfile"]);
+        let rm = Command::new("rm")
+            .arg("-rf")
+            .arg(m.join("top"))
+            .output()
+            .unwrap();
+        assert!(
+            rm.status.success(),
+            "rm -rf failed: {}",
+            String::from_utf8_lossy(&rm.stderr)
+        );
+        assert_gone(&m.join("top"));
+    });
+}
+
+#[test]
+fn an_unlinked_open_file_has_no_links() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("low"), "lower");
+    on_kernel_then_strata(&s, 2, |m| {
+        let f = fs::File::create(m.join("mine")).unwrap();
+        fs::remove_file(m.join("mine")).unwrap();
+        assert_eq!(
+            f.metadata().unwrap().nlink(),
+            0,
+            "fstat of an unlinked new file"
+        );
+        assert_gone(&m.join("mine"));
+    });
+}
+
+#[test]
+fn an_unlinked_open_lower_file_has_no_links() {
+    // The kernel reports st_nlink 1 here (it stats the lower file); strata reports 0.
+    let s = Scratch::new();
+    put(&s.lower(1).join("low"), "lower");
+    let m = s.mount(2);
+    let f = fs::File::open(m.path("low")).unwrap();
+    fs::remove_file(m.path("low")).unwrap();
+    assert_eq!(
+        f.metadata().unwrap().nlink(),
+        0,
+        "fstat of an unlinked lower file"
+    );
+    let mut buf = String::new();
+    std::io::Read::read_to_string(&mut &f, &mut buf).unwrap();
+    assert_eq!(buf, "lower", "the open lower file is still readable");
+}
+
+#[test]
+fn names_starting_with_wh_are_refused() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("low"), "lower");
+    let m = s.mount(2);
+    let einval = Errno::INVAL.raw_os_error();
+    fs::write(m.path("ok"), "ok").unwrap();
+    assert_eq!(err_of(fs::write(m.path(".wh.x"), "x")), einval);
+    assert_eq!(err_of(fs::create_dir(m.path(".wh.d"))), einval);
+    assert_eq!(err_of(fs::create_dir(m.path(".wh..wh..opq"))), einval);
+    assert_eq!(err_of(symlink("ok", m.path(".wh.s"))), einval);
+    assert_eq!(err_of(fs::hard_link(m.path("ok"), m.path(".wh.l"))), einval);
+    assert_eq!(err_of(fs::rename(m.path("ok"), m.path(".wh.r"))), einval);
+    assert_eq!(err_of(fs::rename(m.path("low"), m.path(".wh.low"))), einval);
+    let fifo = rustix::fs::mknodat(
+        rustix::fs::CWD,
+        m.path(".wh.p"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    );
+    assert_eq!(fifo.map_err(|e| e.raw_os_error()), Err(einval));
+    assert_eq!(names(&m.mnt), ["low", "ok"]);
+    drop(m);
+    let mut up = names(&s.upper());
+    up.retain(|n| n.starts_with(".wh."));
+    assert!(up.is_empty(), "upper holds {up:?}");
+}
+
+#[test]
+fn symlinks_in_lower_layers_do_not_lead_strata_outside() {
+    let s = Scratch::new();
+    let outside = s.dir("outside");
+    put(&outside.join("secret"), "secret");
+    let before = tree_quick(&outside);
+    // lower0 has real dirs p and q; below them lower1 has symlinks leading out of the layer.
+    put(&s.lower(0).join("p/a"), "a");
+    symlink(&outside, s.lower(1).join("p")).unwrap();
+    put(&s.lower(0).join("q/b"), "b");
+    symlink("../../../..", s.lower(1).join("q")).unwrap();
+    // lower0 has a symlink d leading out, lower1 a real dir d.
+    symlink(&outside, s.lower(0).join("d")).unwrap();
+    put(&s.lower(1).join("d/f"), "f");
+    on_kernel_then_strata(&s, 2, |m| {
+        assert_eq!(names(&m.join("p")), ["a"]);
+        assert_eq!(names(&m.join("q")), ["b"]);
+        assert_gone(&m.join("p/secret"));
+        assert_gone(&m.join("q/etc"));
+        assert_gone(&m.join("q/tmp"));
+        fs::write(m.join("p/secret"), "mine").unwrap();
+        fs::write(m.join("q/new"), "new").unwrap();
+        fs::create_dir(m.join("p/dir")).unwrap();
+        assert_eq!(names(&m.join("p")), ["a", "dir", "secret"]);
+        let rm = Command::new("rm")
+            .arg("-rf")
+            .arg(m.join("p"))
+            .arg(m.join("q"))
+            .status()
+            .unwrap();
+        assert!(rm.success());
+        assert_gone(&m.join("p"));
+        assert_gone(&m.join("q"));
+        // the merged d is the symlink; removing it removes only the link
+        assert_eq!(fs::read_link(m.join("d")).unwrap(), outside);
+        fs::remove_file(m.join("d")).unwrap();
+        assert_gone(&m.join("d"));
+        fs::create_dir(m.join("d")).unwrap();
+        assert!(names(&m.join("d")).is_empty());
+        assert_gone(&m.join("d/f"));
+        assert_gone(&m.join("d/secret"));
+    });
+    assert_eq!(
+        tree_quick(&outside),
+        before,
+        "something changed outside the layers"
+    );
+    assert!(
+        is_whiteout(&s.upper().join("p")),
+        "upper/p is not a whiteout"
+    );
+    assert!(fs::symlink_metadata(s.lower(1).join("p"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn large_merged_directories_list_every_name_once() {
+    let s = Scratch::new();
+    let mut want = Vec::new();
+    fs::create_dir_all(s.lower(0).join("big")).unwrap();
+    for i in 0..1500 {
+        let name = format!("lower1-entry-with-a-longish-name-{i:05}");
+        put(&s.lower(1).join("big").join(&name), "");
+        if i % 3 == 0 {
+            mknod_whiteout(&s.lower(0).join("big").join(&name));
+        } else {
+            want.push(name);
+        }
+    }
+    for i in 0..1200 {
+        let name = format!("lower0-{i:05}");
+        put(&s.lower(0).join("big").join(&name), "");
+        want.push(name);
+    }
+    for i in 0..500 {
+        let name = format!("upper-{i:05}");
+        put(&s.upper().join("big").join(&name), "");
+        want.push(name);
+    }
+    want.sort();
+    on_kernel_then_strata(&s, 2, |m| {
+        let got: Vec<String> = fs::read_dir(m.join("big"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), got.len(), "some names are listed twice");
+        assert!(
+            sorted == want,
+            "listing differs: {} names, want {}",
+            sorted.len(),
+            want.len()
+        );
+        // remove half while listing goes on, as rm -r does
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cd {} && ls | grep -e '-0...[02468]$' | xargs rm",
+                m.join("big").display()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let left = names(&m.join("big"));
+        let want_left: Vec<&String> = want
+            .iter()
+            .filter(|n| !n.ends_with(['0', '2', '4', '6', '8']))
+            .collect();
+        assert_eq!(left.iter().collect::<Vec<_>>(), want_left);
+        let st = Command::new("rm")
+            .arg("-rf")
+            .arg(m.join("big"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(names(m).is_empty());
+    });
+}
