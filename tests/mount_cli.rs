@@ -621,3 +621,30 @@ fn escaped_colons_and_commas_in_layer_paths() {
     assert_eq!(fs::read_to_string(m.path("f")).unwrap(), "odd");
     assert_eq!(fs::read_to_string(m.path("g")).unwrap(), "g");
 }
+
+#[test]
+fn upper_and_work_must_be_separate_trees() {
+    let s = Scratch::new();
+    layers(&s);
+    let m = s.mnt();
+    let m = m.to_str().unwrap();
+    let lowers = s.lowerdir(2);
+    let work_in_upper = s.dir("upper/work");
+    let upper_in_work = s.path("work/upper");
+    let opts = opts_with(&lowers, &s.upper(), &work_in_upper);
+    refused(
+        &s,
+        &["mount", "-o", &opts, m],
+        &[work_in_upper.to_str().unwrap(), "workdir"],
+    );
+    let opts = opts_with(&lowers, &s.upper(), &s.upper());
+    refused(&s, &["mount", "-o", &opts, m], &["workdir"]);
+    fs::remove_dir(&work_in_upper).unwrap();
+    fs::create_dir(&upper_in_work).unwrap();
+    let opts = opts_with(&lowers, &upper_in_work, &s.work());
+    refused(
+        &s,
+        &["mount", "-o", &opts, m],
+        &[upper_in_work.to_str().unwrap(), "workdir", "upperdir"],
+    );
+}
