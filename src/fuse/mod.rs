@@ -115,7 +115,7 @@ fn creds(req: &Request) -> Creds {
 impl StrataFs {
     fn entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -464,7 +464,7 @@ impl Filesystem for StrataFs {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &file_attr(&a),
-                Generation(0),
+                Generation(a.generation),
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 
 use super::layer::{LayerIdx, SYNTHETIC_BASE};
+use super::Attr;
 
 /// The node id of the mount's root directory (fixed by FUSE).
 pub const ROOT_ID: u64 = 1;
@@ -44,8 +45,13 @@ pub struct Node {
     pub layer: LayerIdx,
     /// The (parent id, name) pairs this node is known by; empty once it was removed.
     pub names: Vec<(u64, OsString)>,
-    /// The kernel's lookup count.
+    /// The kernel's lookup count (over every generation of this id).
     pub lookups: u64,
+    /// Told to the kernel with the id; a new one whenever the id is given to a new file,
+    /// so the kernel drops an inode it still holds for the removed one.
+    pub generation: u64,
+    /// Set once the node's last name was removed: its attributes at that moment.
+    pub removed: Option<Attr>,
 }
 
 impl Node {
@@ -79,6 +85,7 @@ pub struct Inodes {
     /// (parent, name) to the node it leads to, for every name of every node.
     by_name: HashMap<(u64, OsString), u64>,
     next_synthetic: u64,
+    next_generation: u64,
 }
 
 impl Inodes {
@@ -98,6 +105,8 @@ impl Inodes {
                 layer,
                 names: Vec::new(),
                 lookups: 1,
+                generation: 0,
+                removed: None,
             },
         );
         t
@@ -137,12 +146,21 @@ impl Inodes {
         count: bool,
     ) -> u64 {
         let id = self.id_for(parent, name, ident, &kind, layer);
+        self.next_generation += 1;
+        let generation = self.next_generation;
         let node = self.nodes.entry(id).or_insert_with(|| Node {
             kind: kind.clone(),
             layer,
             names: Vec::new(),
             lookups: 0,
+            generation,
+            removed: None,
         });
+        if node.removed.take().is_some() {
+            // The id (an inode number the filesystem reused) now names another file.
+            node.generation = generation;
+            node.names.clear();
+        }
         node.kind = kind;
         node.layer = layer;
         let mut dropped = Vec::new();
@@ -190,8 +208,11 @@ impl Inodes {
                 let is_dir = matches!(kind, NodeKind::Dir { .. });
                 // A directory's id comes from its bottom layer, so its top layer may change;
                 // a file found in another layer than its node's copy is a different file
-                // (a lower hard link of a copied-up file, or a reused inode number).
-                if n.is_dir() == is_dir && (is_dir || n.layer == layer || via_alias) {
+                // (a lower hard link of a copied-up file, or a reused inode number). A removed
+                // node the kernel still holds keeps its id, so whatever took over its inode
+                // number gets another: the old inode stays valid (and empty) for its holders.
+                let reused = n.removed.is_some();
+                if !reused && n.is_dir() == is_dir && (is_dir || n.layer == layer || via_alias) {
                     id
                 } else {
                     self.split_id(ident, parent, name)
@@ -226,11 +247,20 @@ impl Inodes {
         self.by_name.get(&(parent, name.clone())).copied()
     }
 
-    /// `name` in `parent` no longer leads anywhere.
-    pub fn remove_name(&mut self, parent: u64, name: &OsString) {
+    /// `name` in `parent` no longer leads anywhere. A node left without names is marked
+    /// removed, keeping `attr` (its attributes as last seen) for the kernel's later asks.
+    pub fn remove_name(&mut self, parent: u64, name: &OsString, attr: Option<Attr>) {
         if let Some(id) = self.by_name.remove(&(parent, name.clone())) {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.names.retain(|(p, nm)| !(*p == parent && nm == name));
+                if n.names.is_empty() {
+                    n.removed = attr.map(|a| Attr {
+                        ino: id,
+                        nlink: 0,
+                        generation: n.generation,
+                        ..a
+                    });
+                }
             }
         }
         self.split
@@ -240,7 +270,7 @@ impl Inodes {
     /// What `name` in `parent` led to is now `new_name` in `new_parent` (which led to
     /// nothing, or to a node that loses that name).
     pub fn rename(&mut self, parent: u64, name: &OsString, new_parent: u64, new_name: &OsString) {
-        self.remove_name(new_parent, new_name);
+        self.remove_name(new_parent, new_name, None);
         if let Some(id) = self.by_name.remove(&(parent, name.clone())) {
             if let Some(n) = self.nodes.get_mut(&id) {
                 for entry in n.names.iter_mut() {
@@ -354,5 +384,19 @@ mod tests {
         assert!(b >= SYNTHETIC_BASE);
         // The same name keeps the same synthetic id.
         assert_eq!(t.found(ROOT_ID, &name("b"), Some(100), kind, 1, true), b);
+    }
+
+    #[test]
+    fn a_reused_inode_number_gets_another_id_while_the_old_node_is_held() {
+        let mut t = Inodes::new(vec![0]);
+        let dir = || NodeKind::Dir { layers: vec![0] };
+        let old = t.found(ROOT_ID, &name("d"), Some(77), dir(), 0, true);
+        t.remove_name(ROOT_ID, &name("d"), Some(Attr::default()));
+        let new = t.found(ROOT_ID, &name("d"), Some(77), dir(), 0, true);
+        assert_ne!(old, new);
+        assert!(t.get(old).unwrap().removed.is_some());
+        t.forget(old, 1);
+        assert!(t.get(old).is_none());
+        assert!(t.get(new).is_some());
     }
 }

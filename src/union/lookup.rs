@@ -155,15 +155,20 @@ impl Union {
     /// Records `r`, found as `name` in `parent`, in the inode table; returns its attributes.
     pub(super) fn remember(&self, parent: u64, name: &OsStr, r: Resolved, count: bool) -> Attr {
         let merged = r.kind.dir_len() > 1;
-        let id = self.inodes.lock().found(
-            parent,
-            &name.to_os_string(),
-            r.ident,
-            r.kind,
-            r.layer,
-            count,
-        );
+        let (id, generation) = {
+            let mut inodes = self.inodes.lock();
+            let id = inodes.found(
+                parent,
+                &name.to_os_string(),
+                r.ident,
+                r.kind,
+                r.layer,
+                count,
+            );
+            (id, inodes.get(id).map_or(0, |n| n.generation))
+        };
         let mut attr = Attr::from_stat(id, &r.st);
+        attr.generation = generation;
         if merged {
             // As kernel overlayfs: counting subdirectories of every layer is not worth it.
             attr.nlink = 1;
@@ -202,10 +207,21 @@ impl Union {
         Ok(attr)
     }
 
+    fn is_removed(&self, id: u64) -> bool {
+        self.inodes
+            .lock()
+            .get(id)
+            .is_some_and(|n| n.removed.is_some())
+    }
+
     /// Attributes of a node that has no name left but is still open somewhere.
     fn getattr_removed(&self, id: u64) -> Result<Attr> {
         let open = self.files.lock().values().find(|f| f.node == id).cloned();
-        let file = open.ok_or(Errno::ENOENT)?;
+        let Some(file) = open else {
+            // Nothing open to ask: what it looked like when its last name went.
+            let inodes = self.inodes.lock();
+            return inodes.get(id).and_then(|n| n.removed).ok_or(Errno::ENOENT);
+        };
         let (layer, st) = file.fstat()?;
         let mut attr = Attr::from_stat(id, &st);
         if !self.stack.is_upper(layer) {
@@ -228,7 +244,25 @@ impl Union {
     /// The merged listing of directory `id`, with `.` and `..` first.
     pub(super) fn list(&self, id: u64) -> Result<Vec<DirEntry>> {
         let _ns = self.ns.read();
-        let (layers, path) = self.dir_info(id)?;
+        let (layers, path) = match self.dir_info(id) {
+            Ok(info) => info,
+            // A removed directory that is still open lists as empty, as on any filesystem.
+            Err(e) if e == Errno::ENOENT && self.is_removed(id) => {
+                return Ok(vec![
+                    DirEntry {
+                        name: ".".into(),
+                        ino: id,
+                        fmt: libc::S_IFDIR,
+                    },
+                    DirEntry {
+                        name: "..".into(),
+                        ino: id,
+                        fmt: libc::S_IFDIR,
+                    },
+                ]);
+            }
+            Err(e) => return Err(e),
+        };
         let parent = if id == ROOT_ID {
             ROOT_ID
         } else {

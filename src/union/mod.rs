@@ -39,9 +39,11 @@ pub use layer::{LayerIdx, Stack, StackPaths};
 pub const NAME_MAX: usize = 255;
 
 /// Attributes of a node as the mount reports them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Attr {
     pub ino: u64,
+    /// The generation of the node id (see `inode::Node::generation`).
+    pub generation: u64,
     /// The full `st_mode` (type and permission bits).
     pub mode: u32,
     pub nlink: u32,
@@ -61,6 +63,7 @@ impl Attr {
         let t = |s: i64, ns: u64| (s, u32::try_from(ns).unwrap_or(0));
         Attr {
             ino,
+            generation: 0,
             mode: st.st_mode,
             nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
             uid: st.st_uid,

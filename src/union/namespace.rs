@@ -463,7 +463,10 @@ impl Union {
         } else {
             rustix::fs::unlinkat(udir.as_fd(), name, AtFlags::empty())?;
         }
-        self.inodes.lock().remove_name(parent, &name.to_os_string());
+        let gone = Attr::from_stat(0, &r.st);
+        self.inodes
+            .lock()
+            .remove_name(parent, &name.to_os_string(), Some(gone));
         Ok(())
     }
 
@@ -623,9 +626,11 @@ impl Union {
         if let Some(tmp) = cleared {
             self.discard(work, &tmp);
         }
-        self.inodes
-            .lock()
-            .rename(parent, &name_os, new_parent, &new_name_os);
+        let mut inodes = self.inodes.lock();
+        if let Some(d) = &dst {
+            inodes.remove_name(new_parent, &new_name_os, Some(Attr::from_stat(0, &d.st)));
+        }
+        inodes.rename(parent, &name_os, new_parent, &new_name_os);
         Ok(())
     }
 }

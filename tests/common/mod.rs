@@ -277,27 +277,20 @@ pub fn xattrs(p: &Path) -> BTreeMap<OsString, Vec<u8>> {
 }
 
 fn xattr_names(p: &Path) -> std::io::Result<Vec<OsString>> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import os,sys\nfor n in os.listxattr(sys.argv[1], follow_symlinks=False): print(n)",
-        ])
-        .arg(p)
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(OsString::from)
+    let mut buf = vec![0u8; 1 << 16];
+    let n = rustix::fs::llistxattr(p, &mut buf[..])?;
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| OsString::from(std::ffi::OsStr::from_bytes(n)))
         .collect())
 }
 
 fn xattr_get(p: &Path, n: &OsString) -> Option<Vec<u8>> {
-    let out = Command::new("python3")
-        .args(["-c", "import os,sys\nsys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2], follow_symlinks=False))"])
-        .arg(p)
-        .arg(n)
-        .output()
-        .ok()?;
-    out.status.success().then_some(out.stdout)
+    let mut buf = vec![0u8; 1 << 16];
+    let len = rustix::fs::lgetxattr(p, n.as_os_str(), &mut buf[..]).ok()?;
+    buf.truncate(len);
+    Some(buf)
 }
 
 /// A snapshot of everything visible below `root`, keyed by relative path.
@@ -350,14 +343,8 @@ pub fn mknod_whiteout(p: &Path) {
 
 /// Sets an xattr on `p` (not following symlinks).
 pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let st = Command::new("python3")
-        .args(["-c", "import os,sys\nos.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode('latin-1'), follow_symlinks=False)"])
-        .arg(p)
-        .arg(name)
-        .arg(String::from_utf8_lossy(value).as_ref())
-        .status()
-        .unwrap();
-    assert!(st.success(), "setxattr {name} on {}", p.display());
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
 }
 
 /// Writes `data` to `p`, creating parents.
