@@ -336,7 +336,7 @@ fn erofs_ops() -> Vec<Op> {
 #[test]
 fn erofs_without_an_upper() {
     let s = layers();
-    let before = tree_quick(s.dir.path());
+    let before = tree(s.dir.path());
     let want = Errno::ROFS.raw_os_error();
     let ops = erofs_ops();
     let run = |m: &Path| {
@@ -366,7 +366,7 @@ fn erofs_without_an_upper() {
     let _ = fs::remove_dir_all(s.path("kwork"));
     fs::create_dir(s.path("kwork")).unwrap();
     assert_eq!(
-        tree_quick(s.dir.path()),
+        tree(s.dir.path()),
         before,
         "a read-only mount changed files"
     );

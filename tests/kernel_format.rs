@@ -393,7 +393,7 @@ fn read_only_strata_over_a_kernel_upper() {
 
 /// Strata writes kernel-format whiteouts and opaque xattrs, never `.wh.` files.
 fn assert_no_oci_names(upper: &Path) {
-    for (p, _) in tree_quick(upper) {
+    for (p, _) in tree(upper) {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
             !name.starts_with(".wh."),

@@ -123,7 +123,7 @@ fn several_o_arguments_are_merged() {
 fn read_only_without_upper() {
     let s = Scratch::new();
     layers(&s);
-    let before = tree_quick(s.dir.path());
+    let before = tree(s.dir.path());
     let lower = format!("lowerdir={}", s.lowerdir(2));
     let m = StrataMount::new(&["mount", "-o", &lower, s.mnt().to_str().unwrap()]);
     check_view(&m.mnt);
@@ -143,7 +143,7 @@ fn read_only_without_upper() {
     );
     drop(m);
     assert_eq!(
-        tree_quick(s.dir.path()),
+        tree(s.dir.path()),
         before,
         "a read-only mount changed the layers"
     );
@@ -154,7 +154,7 @@ fn ro_option_with_upper_shows_upper_and_writes_nothing() {
     let s = Scratch::new();
     layers(&s);
     put(&s.upper().join("f"), "upper");
-    let before = tree_quick(s.dir.path());
+    let before = tree(s.dir.path());
     let opts = format!("{},ro", s.opts(2));
     let m = StrataMount::new(&["mount", "-o", &opts, s.mnt().to_str().unwrap()]);
     assert_eq!(fs::read_to_string(m.path("f")).unwrap(), "upper");
@@ -162,11 +162,7 @@ fn ro_option_with_upper_shows_upper_and_writes_nothing() {
     assert_eq!(err_of(fs::write(m.path("f"), "x")), libc_erofs());
     assert_eq!(err_of(fs::remove_file(m.path("only1"))), libc_erofs());
     drop(m);
-    assert_eq!(
-        tree_quick(s.dir.path()),
-        before,
-        "a ro mount changed the layers"
-    );
+    assert_eq!(tree(s.dir.path()), before, "a ro mount changed the layers");
 }
 
 fn libc_erofs() -> i32 {
@@ -301,7 +297,7 @@ fn strata_umount_of_something_not_mounted_fails() {
 /// Runs strata with `args` and checks it failed naming one of `needles`, mounted nothing,
 /// left no daemon, and changed nothing below the scratch dir.
 fn refused(s: &Scratch, args: &[&str], needles: &[&str]) {
-    let before = tree_quick(s.dir.path());
+    let before = tree(s.dir.path());
     let out = strata(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let leftover_mount = mounted(&s.mnt());
@@ -324,7 +320,7 @@ fn refused(s: &Scratch, args: &[&str], needles: &[&str]) {
         "strata {args:?}: stderr does not name any of {needles:?}: {stderr}"
     );
     assert_eq!(
-        tree_quick(s.dir.path()),
+        tree(s.dir.path()),
         before,
         "strata {args:?} changed files on disk"
     );

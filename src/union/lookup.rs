@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
+use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -247,20 +248,7 @@ impl Union {
         let (layers, path) = match self.dir_info(id) {
             Ok(info) => info,
             // A removed directory that is still open lists as empty, as on any filesystem.
-            Err(e) if e == Errno::ENOENT && self.is_removed(id) => {
-                return Ok(vec![
-                    DirEntry {
-                        name: ".".into(),
-                        ino: id,
-                        fmt: libc::S_IFDIR,
-                    },
-                    DirEntry {
-                        name: "..".into(),
-                        ino: id,
-                        fmt: libc::S_IFDIR,
-                    },
-                ]);
-            }
+            Err(e) if e == Errno::ENOENT && self.is_removed(id) => return Ok(dots(id, id)),
             Err(e) => return Err(e),
         };
         let parent = if id == ROOT_ID {
@@ -268,28 +256,62 @@ impl Union {
         } else {
             self.first_name(id).map(|(p, _)| p).unwrap_or(ROOT_ID)
         };
-        let mut out = vec![
-            DirEntry {
-                name: ".".into(),
-                ino: id,
-                fmt: libc::S_IFDIR,
-            },
-            DirEntry {
-                name: "..".into(),
-                ino: parent,
-                fmt: libc::S_IFDIR,
-            },
-        ];
+        let mut found = Vec::new();
+        self.merge(&layers, &path, |v| {
+            found.push(v);
+            ControlFlow::Continue(())
+        })?;
+        let mut out = dots(id, parent);
+        for v in found {
+            let known = self.inodes.lock().child(id, &v.name);
+            let ino = match known {
+                Some(k) => k,
+                None if v.fmt == libc::S_IFDIR => {
+                    // A directory's number comes from its bottom layer: resolve it fully.
+                    match self.resolve(&layers, &path, &v.name)? {
+                        Some(r) => self.inodes.lock().peek_id(r.ident),
+                        None => continue,
+                    }
+                }
+                None => self
+                    .inodes
+                    .lock()
+                    .peek_id(self.stack.ino_of(v.layer, v.ino)),
+            };
+            out.push(DirEntry {
+                name: v.name,
+                ino,
+                fmt: v.fmt,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether the merged directory at `path` over `layers` shows no entry at all.
+    pub(super) fn is_empty_dir(&self, layers: &[LayerIdx], path: &Path) -> Result<bool> {
+        let mut empty = true;
+        self.merge(layers, path, |_| {
+            empty = false;
+            ControlFlow::Break(())
+        })?;
+        Ok(empty)
+    }
+
+    /// Walks the directory at `path` merged over `layers` (top first) and hands every
+    /// visible name, in its top-most copy, to `visit` until it breaks. The rule is
+    /// [`Union::resolve`]'s: whiteouts (0/0 devices, `.wh.` names) hide a name in the
+    /// layers below theirs; the layer list already ends at the first opaque directory.
+    fn merge(
+        &self,
+        layers: &[LayerIdx],
+        path: &Path,
+        mut visit: impl FnMut(Visible) -> ControlFlow<()>,
+    ) -> Result<()> {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut hidden: HashSet<OsString> = HashSet::new();
-        let mut found: Vec<(OsString, LayerIdx, u64, u32)> = Vec::new();
-        for &l in &layers {
-            let Some(fd) = skip_missing(self.stack.open(
-                l,
-                &path,
-                OFlags::RDONLY | OFlags::DIRECTORY,
-            ))?
-            else {
+        for &l in layers {
+            let dir = self.stack.open(l, path, OFlags::RDONLY | OFlags::DIRECTORY);
+            let Some(fd) = skip_missing(dir)? else {
                 continue;
             };
             let mut whited = Vec::new();
@@ -314,58 +336,37 @@ impl Union {
                     fmt = st.st_mode & libc::S_IFMT;
                 }
                 seen.insert(e.name.clone());
-                found.push((e.name, l, e.ino, fmt));
+                let v = Visible {
+                    name: e.name,
+                    layer: l,
+                    ino: e.ino,
+                    fmt,
+                };
+                if visit(v).is_break() {
+                    return Ok(());
+                }
             }
             hidden.extend(whited);
         }
-        for (name, l, ino, fmt) in found {
-            let known = self.inodes.lock().child(id, &name);
-            let ino = match known {
-                Some(k) => k,
-                None if fmt == libc::S_IFDIR => {
-                    // A directory's number comes from its bottom layer: resolve it fully.
-                    match self.resolve(&layers, &path, &name)? {
-                        Some(r) => self.inodes.lock().peek_id(r.ident),
-                        None => continue,
-                    }
-                }
-                None => self.inodes.lock().peek_id(self.stack.ino_of(l, ino)),
-            };
-            out.push(DirEntry { name, ino, fmt });
-        }
-        Ok(out)
+        Ok(())
     }
+}
 
-    /// Whether the merged directory `id` shows no entry at all.
-    pub(super) fn is_empty_dir(&self, layers: &[LayerIdx], path: &Path) -> Result<bool> {
-        let mut hidden: HashSet<OsString> = HashSet::new();
-        for &l in layers {
-            let Some(fd) =
-                skip_missing(self.stack.open(l, path, OFlags::RDONLY | OFlags::DIRECTORY))?
-            else {
-                continue;
-            };
-            let mut whited = Vec::new();
-            for e in sys::read_dir(fd.as_fd())? {
-                let b = e.name.as_bytes();
-                if let Some(target) = b.strip_prefix(layer::WH_PREFIX) {
-                    whited.push(OsStr::from_bytes(target).to_os_string());
-                    continue;
-                }
-                if hidden.contains(&e.name) {
-                    continue;
-                }
-                if e.dtype == libc::DT_CHR || e.dtype == libc::DT_UNKNOWN {
-                    let st = sys::stat_at(fd.as_fd(), &e.name)?;
-                    if layer::is_whiteout(&st) {
-                        whited.push(e.name);
-                        continue;
-                    }
-                }
-                return Ok(false);
-            }
-            hidden.extend(whited);
-        }
-        Ok(true)
-    }
+/// A visible name of a merged directory, in its top-most copy.
+struct Visible {
+    name: OsString,
+    layer: LayerIdx,
+    /// The inode number in that layer.
+    ino: u64,
+    fmt: u32,
+}
+
+/// The `.` and `..` entries of a listing.
+fn dots(id: u64, parent: u64) -> Vec<DirEntry> {
+    let dir = |name: &str, ino| DirEntry {
+        name: name.into(),
+        ino,
+        fmt: libc::S_IFDIR,
+    };
+    vec![dir(".", id), dir("..", parent)]
 }

@@ -260,37 +260,15 @@ fn kind_of(ft: fs::FileType) -> &'static str {
 /// The user-visible xattrs of `p` (not following symlinks), overlay-private ones excluded.
 pub fn xattrs(p: &Path) -> BTreeMap<OsString, Vec<u8>> {
     let mut out = BTreeMap::new();
-    let Ok(names) = xattr_names(p) else {
-        return out;
-    };
-    for n in names {
-        if n.as_bytes().starts_with(b"trusted.overlay.")
-            || n.as_bytes().starts_with(b"user.overlay.")
-        {
+    for n in llistxattr(p).unwrap_or_default() {
+        if n.starts_with("trusted.overlay.") || n.starts_with("user.overlay.") {
             continue;
         }
-        if let Some(v) = xattr_get(p, &n) {
-            out.insert(n, v);
+        if let Ok(v) = lgetxattr(p, &n) {
+            out.insert(OsString::from(n), v);
         }
     }
     out
-}
-
-fn xattr_names(p: &Path) -> std::io::Result<Vec<OsString>> {
-    let mut buf = vec![0u8; 1 << 16];
-    let n = rustix::fs::llistxattr(p, &mut buf[..])?;
-    Ok(buf[..n]
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|n| OsString::from(std::ffi::OsStr::from_bytes(n)))
-        .collect())
-}
-
-fn xattr_get(p: &Path, n: &OsString) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 1 << 16];
-    let len = rustix::fs::lgetxattr(p, n.as_os_str(), &mut buf[..]).ok()?;
-    buf.truncate(len);
-    Some(buf)
 }
 
 /// A snapshot of everything visible below `root`, keyed by relative path.
@@ -604,54 +582,6 @@ pub fn sh(script: &str) -> Output {
         .arg(script)
         .output()
         .unwrap()
-}
-
-/// Like [`tree`], but reads xattrs in-process (no python per entry): for snapshots of
-/// whole scratch directories taken many times.
-pub fn tree_quick(root: &Path) -> BTreeMap<PathBuf, Seen> {
-    let mut out = BTreeMap::new();
-    walk_quick(root, root, &mut out);
-    out
-}
-
-fn walk_quick(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Seen>) {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        let m = fs::symlink_metadata(&p).unwrap();
-        let kind = kind_of(m.file_type());
-        let data = match kind {
-            "file" => fs::read(&p).unwrap(),
-            "symlink" => fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec(),
-            _ => Vec::new(),
-        };
-        let size = if kind == "dir" { 0 } else { m.size() };
-        let mut xs = BTreeMap::new();
-        for n in llistxattr(&p).unwrap_or_default() {
-            if n.starts_with("trusted.overlay.") || n.starts_with("user.overlay.") {
-                continue;
-            }
-            if let Ok(v) = lgetxattr(&p, &n) {
-                xs.insert(OsString::from(n), v);
-            }
-        }
-        let seen = Seen {
-            kind,
-            mode: m.mode(),
-            uid: m.uid(),
-            gid: m.gid(),
-            size,
-            data,
-            xattrs: xs,
-        };
-        out.insert(p.strip_prefix(root).unwrap().to_path_buf(), seen);
-        if kind == "dir" {
-            walk_quick(root, &p, out);
-        }
-    }
 }
 
 impl Scratch {
