@@ -781,3 +781,33 @@ fn copy_up_keeps_setuid_setgid_and_capabilities() {
         );
     }
 }
+
+#[test]
+fn seek_data_and_seek_hole_find_the_real_extents() {
+    use rustix::fs::{seek, SeekFrom};
+    let s = Scratch::new();
+    let p = s.lower(0).join("sparse");
+    let f = fs::File::create(&p).unwrap();
+    f.set_len(1 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"data", 1 << 20).unwrap();
+    drop(f);
+    on_kernel_then_strata(&s, 1, |m| {
+        for write in [false, true] {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(m.join("sparse"))
+                .unwrap();
+            assert_eq!(
+                seek(&f, SeekFrom::Data(0)).unwrap(),
+                1 << 20,
+                "write={write}"
+            );
+            assert_eq!(
+                seek(&f, SeekFrom::Hole(1 << 20)).unwrap(),
+                (1 << 20) + 4,
+                "write={write}"
+            );
+        }
+    });
+}

@@ -193,6 +193,25 @@ impl Union {
         Ok(done)
     }
 
+    /// `lseek(2)` with `SEEK_DATA` or `SEEK_HOLE` (the kernel handles the other modes):
+    /// answered by the backing file, so holes are reported where they really are.
+    ///
+    /// # Errors
+    /// `EBADF`, `EINVAL` for other modes, `ENXIO` past the end, or the errno of `lseek`.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let f = self.file(fh)?;
+        self.follow_copy_up(&f)?;
+        let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+        let pos = match whence {
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset),
+            _ => return Err(Errno::EINVAL),
+        };
+        let b = f.backing.read();
+        let at = rustix::fs::seek(b.1.as_fd(), pos)?;
+        i64::try_from(at).map_err(|_| Errno::EINVAL)
+    }
+
     /// Closes handle `fh`.
     pub fn release(&self, fh: u64) {
         self.files.lock().remove(&fh);
