@@ -523,6 +523,12 @@ impl Union {
         if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
             return Err(Errno::EEXIST);
         }
+        // As the kernel: refusing to move a directory with lower parts comes first.
+        if !self.is_pure_upper(&src)
+            || (exchange && dst.as_ref().is_some_and(|d| !self.is_pure_upper(d)))
+        {
+            return Err(Errno::EXDEV);
+        }
         let src_is_dir = matches!(src.kind, NodeKind::Dir { .. });
         if let Some(d) = &dst {
             let d_is_dir = matches!(d.kind, NodeKind::Dir { .. });
@@ -543,12 +549,7 @@ impl Union {
                         return Err(Errno::ENOTEMPTY);
                     }
                 }
-            } else if !self.is_pure_upper(d) {
-                return Err(Errno::EXDEV);
             }
-        }
-        if !self.is_pure_upper(&src) {
-            return Err(Errno::EXDEV);
         }
         self.copy_up(parent)?;
         self.copy_up(new_parent)?;
