@@ -10,7 +10,8 @@ mod common;
 use common::*;
 use rustix::io::Errno;
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt};
+use std::io::Write;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -859,5 +860,31 @@ fn large_merged_directories_list_every_name_once() {
             .unwrap();
         assert!(st.success());
         assert!(names(m).is_empty());
+    });
+}
+
+#[test]
+fn a_reader_of_a_lower_file_follows_its_copy_up_even_after_unlink() {
+    let s = Scratch::new();
+    put(&s.lower(0).join("b"), "old");
+    on_kernel_then_strata(&s, 1, |m| {
+        let reader = fs::File::open(m.join("b")).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("b"))
+            .unwrap()
+            .write_all(b"NEW")
+            .unwrap();
+        fs::set_permissions(m.join("b"), fs::Permissions::from_mode(0o4711)).unwrap();
+        fs::remove_file(m.join("b")).unwrap();
+        let md = reader.metadata().unwrap();
+        assert_eq!(
+            md.mode() & 0o7777,
+            0o4711,
+            "mode seen through the old reader"
+        );
+        let mut buf = [0u8; 8];
+        let n = std::os::unix::fs::FileExt::read_at(&reader, &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"NEW", "data seen through the old reader");
     });
 }

@@ -70,6 +70,10 @@ impl Union {
         if let Some(ident) = self.stack.ino_of(upper, new_st.st_ino) {
             inodes.add_alias(ident, id);
         }
+        drop(inodes);
+        if let Err(e) = self.repoint_handles(id) {
+            log::warn!("open handles of node {id} still read the lower file: {e}");
+        }
         Ok(())
     }
 

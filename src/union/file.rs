@@ -152,6 +152,23 @@ impl Union {
         Ok(())
     }
 
+    /// Points every open handle of node `id` at its copy in `layer` (right after a
+    /// copy-up, while the node still has a name), so readers that opened the lower file
+    /// see the data, mode and fate of the copy from now on.
+    pub(super) fn repoint_handles(&self, id: u64) -> Result<()> {
+        let open: Vec<Arc<OpenFile>> = self
+            .files
+            .lock()
+            .values()
+            .filter(|f| f.node == id)
+            .cloned()
+            .collect();
+        for f in open {
+            self.follow_copy_up(&f)?;
+        }
+        Ok(())
+    }
+
     /// Reads up to `size` bytes at `offset`.
     ///
     /// # Errors
