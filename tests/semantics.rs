@@ -888,3 +888,139 @@ fn a_reader_of_a_lower_file_follows_its_copy_up_even_after_unlink() {
         assert_eq!(&buf[..n], b"NEW", "data seen through the old reader");
     });
 }
+
+#[test]
+fn lower_hard_links_part_ways_on_copy_up_as_with_the_kernel() {
+    let s = Scratch::new();
+    put(&s.lower(0).join("a"), "old\n");
+    fs::hard_link(s.lower(0).join("a"), s.lower(0).join("b")).unwrap();
+    on_kernel_then_strata(&s, 1, |m| {
+        fs::metadata(m.join("a")).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("b"))
+            .unwrap()
+            .write_all(b"new\n")
+            .unwrap();
+        assert_eq!(fs::read_to_string(m.join("a")).unwrap(), "old\n");
+        assert_eq!(fs::read_to_string(m.join("b")).unwrap(), "old\nnew\n");
+        assert_eq!(fs::metadata(m.join("a")).unwrap().nlink(), 2);
+        assert_eq!(fs::metadata(m.join("b")).unwrap().nlink(), 1);
+    });
+    assert!(s.upper().join("b").exists());
+    assert!(
+        !s.upper().join("a").exists(),
+        "the name written through is the one copied up"
+    );
+}
+
+#[test]
+fn set_id_bits_asked_for_on_create_and_mknod_are_kept() {
+    let s = Scratch::new();
+    s.lower(0);
+    on_kernel_then_strata(&s, 1, |m| {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o6755)
+            .open(m.join("f"))
+            .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            m.join("p"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o6755),
+            0,
+        )
+        .unwrap();
+        for n in ["f", "p"] {
+            assert_eq!(
+                fs::metadata(m.join(n)).unwrap().mode() & 0o7777,
+                0o6755,
+                "{n}"
+            );
+        }
+    });
+}
+
+#[test]
+fn metadata_changes_through_a_descriptor_of_an_unlinked_file_work() {
+    let s = Scratch::new();
+    s.lower(0);
+    on_kernel_then_strata(&s, 1, |m| {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(m.join("n"))
+            .unwrap();
+        fs::remove_file(m.join("n")).unwrap();
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .unwrap();
+        rustix::fs::fchown(
+            &f,
+            Some(rustix::fs::Uid::from_raw(7)),
+            Some(rustix::fs::Gid::from_raw(8)),
+        )
+        .unwrap();
+        f.set_len(3).unwrap();
+        f.set_modified(
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000),
+        )
+        .unwrap();
+        rustix::fs::fsetxattr(&f, "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
+        let md = f.metadata().unwrap();
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime(), md.len()),
+            (0o600, 7, 8, 1_000_000, 3)
+        );
+        let mut v = [0u8; 4];
+        assert_eq!(rustix::fs::fgetxattr(&f, "user.k", &mut v[..]).unwrap(), 1);
+    });
+}
+
+#[test]
+fn a_directory_descriptor_lists_what_is_there_at_its_first_read() {
+    let s = Scratch::new();
+    put(&s.lower(0).join("g/d"), "");
+    put(&s.lower(0).join("g/e"), "");
+    on_kernel_then_strata(&s, 1, |m| {
+        let fd = rustix::fs::open(
+            m.join("g"),
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        fs::remove_file(m.join("g/e")).unwrap();
+        put(&m.join("g/h"), "");
+        let mut names = Vec::new();
+        let mut d = rustix::fs::Dir::new(fd).unwrap();
+        while let Some(e) = d.read() {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            if n != "." && n != ".." {
+                names.push(n);
+            }
+        }
+        names.sort();
+        assert_eq!(names, ["d", "h"]);
+    });
+}
+
+#[test]
+fn a_directory_moved_into_a_merged_directory_is_made_opaque_as_by_the_kernel() {
+    let s = Scratch::new();
+    put(&s.lower(0).join("d/x"), "");
+    on_kernel_then_strata(&s, 1, |m| {
+        fs::create_dir(m.join("g")).unwrap();
+        fs::rename(m.join("g"), m.join("d/g")).unwrap();
+    });
+    for up in [s.kupper(), s.upper()] {
+        assert_eq!(
+            lgetxattr(&up.join("d/g"), "trusted.overlay.opaque").unwrap(),
+            b"y",
+            "{}",
+            up.display()
+        );
+    }
+}

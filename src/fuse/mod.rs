@@ -168,7 +168,7 @@ impl Filesystem for StrataFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -183,7 +183,7 @@ impl Filesystem for StrataFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.union.setattr(ino.0, fh.map(|f| f.0), set) {
+        match self.union.setattr(ino.0, set) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }

@@ -113,6 +113,10 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<Stat, RErrno> {
 /// The `/proc/self/fd/N` path of a descriptor. Following it reaches the very inode the
 /// descriptor holds (even a symlink opened with `O_PATH`), which is how xattrs, modes and
 /// times are changed through `O_PATH` descriptors.
+pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
+    proc_path(fd)
+}
+
 fn proc_path(fd: BorrowedFd<'_>) -> CString {
     // A decimal number never holds a NUL byte.
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()

@@ -6,7 +6,7 @@
 //! hold a snapshot of the merged listing taken at `opendir` (and at each rewind).
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -53,7 +53,8 @@ impl OpenFile {
 #[derive(Debug)]
 pub struct DirHandle {
     pub node: u64,
-    entries: Mutex<(bool, Arc<Vec<DirEntry>>)>,
+    /// Taken at the first read (and again at each read from position 0).
+    entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
 /// Changes asked for by `setattr`.
@@ -266,66 +267,82 @@ impl Union {
         Ok(rustix::fs::fallocate(b.1.as_fd(), flags, offset, len)?)
     }
 
-    /// Changes attributes of node `id` (through handle `fh` when given), copying it up.
+    /// Changes attributes of node `id`, copying it up.
     ///
     /// # Errors
     /// `EROFS`, `ENOENT`, or the errno of the change.
-    pub fn setattr(&self, id: u64, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
+    pub fn setattr(&self, id: u64, set: SetAttr) -> Result<Attr> {
         if set.is_empty() {
             return self.getattr(id);
         }
-        let upper = self.stack.upper()?;
-        let handle = match fh {
-            Some(fh) => self.file(fh).ok(),
-            None => None,
-        };
+        self.stack.upper()?;
         {
             let _ns = self.ns.write();
-            // A handle whose file has no name left: work on the open descriptor itself.
-            let target: OwnedFd;
-            let by_handle;
-            let fd: BorrowedFd<'_> = match self.node_info(id) {
-                Ok(_) => {
-                    self.copy_up(id)?;
-                    let (_, path, _) = self.node_info(id)?;
-                    let flags = if set.size.is_some() {
-                        OFlags::WRONLY
-                    } else {
-                        OFlags::PATH
-                    };
-                    target = self.stack.open(upper, &path, flags)?;
-                    target.as_fd()
-                }
-                Err(e) => {
-                    let h = handle.as_ref().ok_or(e)?;
-                    by_handle = h.backing.read();
-                    by_handle.1.as_fd()
-                }
-            };
+            let fd = self.node_target(id, true)?;
             if let Some(size) = set.size {
-                rustix::fs::ftruncate(fd, size)?;
+                // Truncation needs a descriptor open for writing, not an `O_PATH` one.
+                let path = sys::fd_path(fd.as_fd());
+                let w = rustix::fs::open(
+                    path.as_c_str(),
+                    OFlags::WRONLY | OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )?;
+                rustix::fs::ftruncate(w.as_fd(), size)?;
             }
             if set.uid.is_some() || set.gid.is_some() {
-                sys::chown_fd(fd, set.uid, set.gid)?;
+                sys::chown_fd(fd.as_fd(), set.uid, set.gid)?;
             }
             if let Some(mode) = set.mode {
-                sys::chmod_fd(fd, mode & 0o7777)?;
+                sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
             }
             if set.atime.is_some() || set.mtime.is_some() {
+                let omit = sys::SetTime::Omit;
                 sys::utimens_fd(
-                    fd,
-                    set.atime.unwrap_or(sys::SetTime::Omit),
-                    set.mtime.unwrap_or(sys::SetTime::Omit),
+                    fd.as_fd(),
+                    set.atime.unwrap_or(omit),
+                    set.mtime.unwrap_or(omit),
                 )?;
             }
         }
         self.getattr(id)
     }
 
-    /// An `O_PATH` descriptor of node `id`'s visible copy.
+    /// A descriptor of node `id` to read or (with `change`) to change its metadata: its
+    /// visible copy, copied up first when changing; or, for a node with no name left, the
+    /// file of a handle still open on it (only an upper one when changing: a lower layer
+    /// is never written).
+    fn node_target(&self, id: u64, change: bool) -> Result<OwnedFd> {
+        match self.node_info(id) {
+            Ok(_) => {
+                if change {
+                    self.copy_up(id)?;
+                }
+                let (layer, path, _) = self.node_info(id)?;
+                self.stack.open(layer, &path, OFlags::PATH)
+            }
+            Err(e) if e == Errno::ENOENT => {
+                let open: Vec<Arc<OpenFile>> = self
+                    .files
+                    .lock()
+                    .values()
+                    .filter(|f| f.node == id)
+                    .cloned()
+                    .collect();
+                for f in open {
+                    let b = f.backing.read();
+                    if !change || self.stack.is_upper(b.0) {
+                        return Ok(rustix::io::dup(b.1.as_fd())?);
+                    }
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An `O_PATH` descriptor (or an open one) of node `id` for reading its metadata.
     fn node_fd(&self, id: u64) -> Result<OwnedFd> {
-        let (layer, path, _) = self.node_info(id)?;
-        self.stack.open(layer, &path, OFlags::PATH)
+        self.node_target(id, false)
     }
 
     /// The value of xattr `name` of node `id`.
@@ -367,8 +384,7 @@ impl Union {
         }
         self.stack.upper()?;
         let _ns = self.ns.write();
-        self.copy_up(id)?;
-        let fd = self.node_fd(id)?;
+        let fd = self.node_target(id, true)?;
         Ok(sys::xattr_set(fd.as_fd(), name, value, flags)?)
     }
 
@@ -384,40 +400,46 @@ impl Union {
         let _ns = self.ns.write();
         // Removing what is not there must not copy anything up.
         self.getxattr(id, name)?;
-        self.copy_up(id)?;
-        let fd = self.node_fd(id)?;
+        let fd = self.node_target(id, true)?;
         Ok(sys::xattr_remove(fd.as_fd(), name)?)
     }
 
-    /// Opens directory `id`: snapshots its merged listing.
+    /// Opens directory `id`. The listing is read at the first `readdir`, as on any
+    /// filesystem: changes made between `opendir` and the first read are seen.
     ///
     /// # Errors
-    /// `ENOTDIR`, or a layer's errno.
+    /// `ENOTDIR`, `ENOENT`.
     pub fn opendir(&self, id: u64) -> Result<u64> {
-        let entries = self.list(id)?;
+        let is_dir = self.inodes.lock().get(id).ok_or(Errno::ENOENT)?.is_dir();
+        if !is_dir {
+            return Err(Errno::ENOTDIR);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let h = DirHandle {
             node: id,
-            entries: Mutex::new((false, Arc::new(entries))),
+            entries: Mutex::new(None),
         };
         self.dirs.lock().insert(fh, Arc::new(h));
         Ok(fh)
     }
 
     /// The entries of open directory `fh` from position `offset` on (entry `i` is at
-    /// position `i`; the next position after it is `i + 1`). A read from position 0 after
-    /// the first one takes a fresh snapshot, as `rewinddir(3)` expects.
+    /// position `i`; the next position after it is `i + 1`). A read from position 0
+    /// takes a fresh snapshot, as `rewinddir(3)` expects.
     ///
     /// # Errors
     /// `EBADF`, or a layer's errno.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
         let h = self.dirs.lock().get(&fh).cloned().ok_or(Errno::EBADF)?;
         let mut e = h.entries.lock();
-        if offset == 0 && e.0 {
-            e.1 = Arc::new(self.list(h.node)?);
+        match &*e {
+            Some(entries) if offset != 0 => Ok(Arc::clone(entries)),
+            _ => {
+                let fresh = Arc::new(self.list(h.node)?);
+                *e = Some(Arc::clone(&fresh));
+                Ok(fresh)
+            }
         }
-        e.0 = true;
-        Ok(Arc::clone(&e.1))
     }
 
     /// Closes directory handle `fh`.

@@ -37,6 +37,25 @@ impl NodeKind {
     }
 }
 
+/// What a node id is derived from: an inode number made from a layer inode (`None` when
+/// it does not fit), and whether every name with that number is the same file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub ino: Option<u64>,
+    /// False for lower hard links, whose names part ways on copy-up.
+    pub shared: bool,
+}
+
+impl Identity {
+    /// An identity every name shares.
+    pub fn shared(ino: u64) -> Identity {
+        Identity {
+            ino: Some(ino),
+            shared: true,
+        }
+    }
+}
+
 /// One inode the kernel holds.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -134,18 +153,20 @@ impl Inodes {
     }
 
     /// Records a lookup of `name` in `parent` that found `kind` in `layer`, whose identity
-    /// is `ident` (`None` when the layer inode does not map to a number). Returns the node
+    /// is `ident` (`None` when the layer inode does not map to a number). `shared` says
+    /// every name with that identity is one file; lower hard links are not (their names
+    /// part ways on copy-up), so each of their names gets its own node. Returns the node
     /// id, bumping its lookup count when `count` is set.
     pub fn found(
         &mut self,
         parent: u64,
         name: &OsString,
-        ident: Option<u64>,
+        ident: Identity,
         kind: NodeKind,
         layer: LayerIdx,
         count: bool,
     ) -> u64 {
-        let id = self.id_for(parent, name, ident, &kind, layer);
+        let id = self.id_for(parent, name, ident.ino, ident.shared, &kind, layer);
         self.next_generation += 1;
         let generation = self.next_generation;
         let node = self.nodes.entry(id).or_insert_with(|| Node {
@@ -191,6 +212,7 @@ impl Inodes {
         parent: u64,
         name: &OsString,
         ident: Option<u64>,
+        shared: bool,
         kind: &NodeKind,
         layer: LayerIdx,
     ) -> u64 {
@@ -199,6 +221,9 @@ impl Inodes {
         };
         if let Some(split) = self.split.get(&(ident, parent, name.clone())) {
             return *split;
+        }
+        if !shared {
+            return self.split_id(ident, parent, name);
         }
         let via_alias = self.alias.contains_key(&ident);
         let id = self.alias.get(&ident).copied().unwrap_or(ident);
@@ -221,7 +246,11 @@ impl Inodes {
         }
     }
 
+    /// The synthetic id of `name` in `parent` (found with identity `ident`), made once.
     fn split_id(&mut self, ident: u64, parent: u64, name: &OsString) -> u64 {
+        if let Some(id) = self.split.get(&(ident, parent, name.clone())) {
+            return *id;
+        }
         let id = self.synthetic();
         self.split.insert((ident, parent, name.clone()), id);
         id
@@ -254,9 +283,11 @@ impl Inodes {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.names.retain(|(p, nm)| !(*p == parent && nm == name));
                 if n.names.is_empty() {
+                    // A removed directory reads as empty: no links, no size.
                     n.removed = attr.map(|a| Attr {
                         ino: id,
                         nlink: 0,
+                        size: if a.is_dir() { 0 } else { a.size },
                         generation: n.generation,
                         ..a
                     });
@@ -352,8 +383,15 @@ mod tests {
     fn hard_links_share_a_node_and_forget_frees_it() {
         let mut t = Inodes::new(vec![0, 1]);
         let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
-        let a = t.found(ROOT_ID, &name("a"), Some(100), kind.clone(), 1, true);
-        let b = t.found(ROOT_ID, &name("b"), Some(100), kind, 1, true);
+        let a = t.found(
+            ROOT_ID,
+            &name("a"),
+            Identity::shared(100),
+            kind.clone(),
+            1,
+            true,
+        );
+        let b = t.found(ROOT_ID, &name("b"), Identity::shared(100), kind, 1, true);
         assert_eq!(a, b);
         assert_eq!(t.get(a).map(|n| n.names.len()), Some(2));
         t.forget(a, 1);
@@ -366,33 +404,60 @@ mod tests {
     fn copied_up_file_keeps_its_id_through_the_alias() {
         let mut t = Inodes::new(vec![0, 1]);
         let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
-        let a = t.found(ROOT_ID, &name("a"), Some(100), kind.clone(), 1, true);
+        let a = t.found(
+            ROOT_ID,
+            &name("a"),
+            Identity::shared(100),
+            kind.clone(),
+            1,
+            true,
+        );
         t.get_mut(a).unwrap().layer = 0;
         t.add_alias(500, a);
-        assert_eq!(t.found(ROOT_ID, &name("a"), Some(500), kind, 0, true), a);
+        assert_eq!(
+            t.found(ROOT_ID, &name("a"), Identity::shared(500), kind, 0, true),
+            a
+        );
     }
 
     #[test]
     fn lower_link_of_a_copied_up_file_is_a_different_node() {
         let mut t = Inodes::new(vec![0, 1]);
         let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
-        let a = t.found(ROOT_ID, &name("a"), Some(100), kind.clone(), 1, true);
+        let a = t.found(
+            ROOT_ID,
+            &name("a"),
+            Identity::shared(100),
+            kind.clone(),
+            1,
+            true,
+        );
         t.get_mut(a).unwrap().layer = 0;
         t.add_alias(500, a);
-        let b = t.found(ROOT_ID, &name("b"), Some(100), kind.clone(), 1, true);
+        let b = t.found(
+            ROOT_ID,
+            &name("b"),
+            Identity::shared(100),
+            kind.clone(),
+            1,
+            true,
+        );
         assert_ne!(a, b);
         assert!(b >= SYNTHETIC_BASE);
         // The same name keeps the same synthetic id.
-        assert_eq!(t.found(ROOT_ID, &name("b"), Some(100), kind, 1, true), b);
+        assert_eq!(
+            t.found(ROOT_ID, &name("b"), Identity::shared(100), kind, 1, true),
+            b
+        );
     }
 
     #[test]
     fn a_reused_inode_number_gets_another_id_while_the_old_node_is_held() {
         let mut t = Inodes::new(vec![0]);
         let dir = || NodeKind::Dir { layers: vec![0] };
-        let old = t.found(ROOT_ID, &name("d"), Some(77), dir(), 0, true);
+        let old = t.found(ROOT_ID, &name("d"), Identity::shared(77), dir(), 0, true);
         t.remove_name(ROOT_ID, &name("d"), Some(Attr::default()));
-        let new = t.found(ROOT_ID, &name("d"), Some(77), dir(), 0, true);
+        let new = t.found(ROOT_ID, &name("d"), Identity::shared(77), dir(), 0, true);
         assert_ne!(old, new);
         assert!(t.get(old).unwrap().removed.is_some());
         t.forget(old, 1);

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use rustix::fs::OFlags;
 
-use super::inode::{NodeKind, ROOT_ID};
+use super::inode::{Identity, NodeKind, ROOT_ID};
 use super::layer::{self, LayerIdx};
 use super::{check_name, is_marker, Attr, Union};
 use crate::error::{Errno, Result};
@@ -31,6 +31,8 @@ pub(super) struct Resolved {
     pub kind: NodeKind,
     /// The identity the node id is derived from (`None` if it does not map).
     pub ident: Option<u64>,
+    /// Whether every name with this identity is the same file (see `Inodes::found`).
+    pub shared: bool,
 }
 
 /// One entry of a merged listing.
@@ -122,6 +124,7 @@ impl Union {
                 layer: l,
                 st,
                 ident: self.stack.ino_of(bottom, bottom_ino),
+                shared: true,
                 kind: NodeKind::Dir { layers: dir_layers },
             }
         } else {
@@ -129,6 +132,8 @@ impl Union {
                 layer: l,
                 st,
                 ident: self.stack.ino_of(l, st.st_ino),
+                // Lower hard links part ways on copy-up: one node per name.
+                shared: self.stack.is_upper(l) || st.st_nlink <= 1,
                 kind: NodeKind::NotDir {
                     fmt: st.st_mode & libc::S_IFMT,
                 },
@@ -161,7 +166,10 @@ impl Union {
             let id = inodes.found(
                 parent,
                 &name.to_os_string(),
-                r.ident,
+                Identity {
+                    ino: r.ident,
+                    shared: r.shared,
+                },
                 r.kind,
                 r.layer,
                 count,

@@ -201,6 +201,17 @@ impl Union {
                     AtFlags::SYMLINK_NOFOLLOW,
                 )?;
             }
+            if let Make::File { mode, .. } | Make::Node { mode, .. } = make {
+                if self.root && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                    // chown cleared the set-id bits the caller asked for: put them back.
+                    rustix::fs::chmodat(
+                        tdir,
+                        tname,
+                        Mode::from_raw_mode(mode & 0o7777),
+                        AtFlags::empty(),
+                    )?;
+                }
+            }
             if let Make::Dir { mode } = make {
                 if sgid && wh == Whiteout::Device {
                     // Staged outside the parent, so the set-gid bit was not inherited.
@@ -255,6 +266,7 @@ impl Union {
                 st,
                 kind,
                 ident: self.stack.ino_of(upper, st.st_ino),
+                shared: true,
             },
             fd,
         ))
@@ -532,7 +544,7 @@ impl Union {
         let src_is_dir = matches!(src.kind, NodeKind::Dir { .. });
         if let Some(d) = &dst {
             let d_is_dir = matches!(d.kind, NodeKind::Dir { .. });
-            if d.ident.is_some() && d.ident == src.ident && d.layer == src.layer {
+            if d.shared && d.ident.is_some() && d.ident == src.ident && d.layer == src.layer {
                 // Two names of one file: rename(2) does nothing.
                 return Ok(());
             }
@@ -561,6 +573,11 @@ impl Union {
         }
         let src_lower = self.lower_has(parent, name)?;
         let dst_lower = self.lower_has(new_parent, new_name)?;
+        // A directory moved into a merged directory is made opaque, as the kernel does:
+        // nothing of a lower entry with its new name may ever show through it.
+        let hide_in = |dir: u64, lower: bool| -> Result<bool> {
+            Ok(lower || self.dir_info(dir)?.0.len() > 1)
+        };
         let (_, sdir_path, _) = self.node_info(parent)?;
         let (_, ddir_path, _) = self.node_info(new_parent)?;
         let sdir = self.stack.open_dir(upper, &sdir_path)?;
@@ -571,14 +588,13 @@ impl Union {
 
         if exchange {
             sys::rename_at(sdir, name, ddir, new_name, RenameFlags::EXCHANGE)?;
-            if src_is_dir && dst_lower {
+            if src_is_dir && hide_in(new_parent, dst_lower)? {
                 self.set_opaque(ddir, new_name)?;
             }
-            if dst
+            let dst_is_dir = dst
                 .as_ref()
-                .is_some_and(|d| matches!(d.kind, NodeKind::Dir { .. }))
-                && src_lower
-            {
+                .is_some_and(|d| matches!(d.kind, NodeKind::Dir { .. }));
+            if dst_is_dir && hide_in(parent, src_lower)? {
                 self.set_opaque(sdir, name)?;
             }
             self.inodes
@@ -587,8 +603,7 @@ impl Union {
             return Ok(());
         }
 
-        if src_is_dir && dst_lower {
-            // The directory lands where a lower one shows through: hide that one.
+        if src_is_dir && hide_in(new_parent, dst_lower)? {
             self.set_opaque(sdir, name)?;
         }
         // An upper directory being replaced holds nothing but whiteouts: move it aside.
