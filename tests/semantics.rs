@@ -1024,3 +1024,85 @@ fn a_directory_moved_into_a_merged_directory_is_made_opaque_as_by_the_kernel() {
         );
     }
 }
+
+#[test]
+fn opening_a_lower_hard_link_for_writing_shows_its_new_link_count() {
+    let s = Scratch::new();
+    put(&s.lower(0).join("a"), "x");
+    fs::hard_link(s.lower(0).join("a"), s.lower(0).join("b")).unwrap();
+    on_kernel_then_strata(&s, 1, |m| {
+        assert_eq!(fs::metadata(m.join("a")).unwrap().nlink(), 2);
+        drop(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(m.join("a"))
+                .unwrap(),
+        );
+        assert_eq!(fs::metadata(m.join("a")).unwrap().nlink(), 1);
+    });
+}
+
+#[test]
+fn trusted_xattrs_are_listed_to_root_only() {
+    let s = Scratch::new();
+    put(&s.lower(0).join("f"), "x");
+    set_xattr(&s.lower(0).join("f"), "trusted.t", b"1");
+    set_xattr(&s.lower(0).join("f"), "user.u", b"2");
+    on_kernel_then_strata(&s, 1, |m| {
+        let script = format!(
+            "python3 -c \"import os; print(sorted(os.listxattr('{}')))\"",
+            m.join("f").display()
+        );
+        let out = sh_as_nobody(&script);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "['user.u']",
+            "{out:?}"
+        );
+        let mut all = llistxattr(&m.join("f")).unwrap();
+        all.sort();
+        assert_eq!(all, ["trusted.t", "user.u"]);
+    });
+}
+
+#[test]
+fn trusted_overlay_xattrs_set_by_a_user_are_escaped_as_by_the_kernel() {
+    let s = Scratch::new();
+    put(&s.lower(0).join("f"), "x");
+    on_kernel_then_strata(&s, 1, |m| {
+        lsetxattr(&m.join("f"), "trusted.overlay.mine", b"v").unwrap();
+        assert_eq!(
+            lgetxattr(&m.join("f"), "trusted.overlay.mine").unwrap(),
+            b"v"
+        );
+        assert!(llistxattr(&m.join("f"))
+            .unwrap()
+            .contains(&"trusted.overlay.mine".to_string()));
+    });
+    for up in [s.kupper(), s.upper()] {
+        assert_eq!(
+            lgetxattr(&up.join("f"), "trusted.overlay.overlay.mine").unwrap(),
+            b"v",
+            "{}",
+            up.display()
+        );
+    }
+}
+
+#[test]
+fn metadata_calls_through_a_descriptor_of_a_removed_directory_work() {
+    let s = Scratch::new();
+    s.lower(0);
+    on_kernel_then_strata(&s, 1, |m| {
+        fs::create_dir(m.join("d")).unwrap();
+        let d = fs::File::open(m.join("d")).unwrap();
+        fs::remove_dir(m.join("d")).unwrap();
+        d.set_permissions(fs::Permissions::from_mode(0o700))
+            .unwrap();
+        rustix::fs::fsetxattr(&d, "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
+        let mut v = [0u8; 4];
+        assert_eq!(rustix::fs::fgetxattr(&d, "user.k", &mut v[..]).unwrap(), 1);
+        let md = d.metadata().unwrap();
+        assert_eq!((md.mode() & 0o7777, md.nlink(), md.len()), (0o700, 0, 0));
+    });
+}

@@ -278,7 +278,12 @@ impl Filesystem for StrataFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.union.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(o) => {
+                if o.copied_up {
+                    self.attrs_changed(ino);
+                }
+                reply.opened(FileHandle(o.fh), FopenFlags::empty());
+            }
             Err(e) => reply.error(err(e)),
         }
     }
@@ -438,8 +443,8 @@ impl Filesystem for StrataFs {
         Self::xattr(self.union.getxattr(ino.0, name), size, reply);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        Self::xattr(self.union.listxattr(ino.0), size, reply);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        Self::xattr(self.union.listxattr(ino.0, creds(req)), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -15,7 +15,7 @@ use rustix::fs::OFlags;
 
 use super::layer::{self, LayerIdx};
 use super::lookup::DirEntry;
-use super::{Attr, Union};
+use super::{Attr, Creds, Union};
 use crate::error::{Errno, Result};
 use crate::sys;
 
@@ -41,18 +41,21 @@ pub struct OpenFile {
     backing: RwLock<(LayerIdx, OwnedFd)>,
 }
 
-impl OpenFile {
-    /// `fstat` of the backing file, with its layer.
-    pub(super) fn fstat(&self) -> Result<(LayerIdx, sys::Stat)> {
-        let b = self.backing.read();
-        Ok((b.0, sys::stat_fd(b.1.as_fd())?))
-    }
+/// What `open` made: the handle, and whether the open copied the file up (its attributes
+/// may have changed: a lower hard link's copy has one link).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    pub copied_up: bool,
 }
 
 /// An open directory: a snapshot of its merged listing.
 #[derive(Debug)]
 pub struct DirHandle {
     pub node: u64,
+    /// The directory's top-most copy when it was opened (an `O_PATH` descriptor), so that
+    /// metadata calls through the handle still work once the directory is removed.
+    dir: Option<(LayerIdx, OwnedFd)>,
     /// Taken at the first read (and again at each read from position 0).
     entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
@@ -99,11 +102,13 @@ impl Union {
     ///
     /// # Errors
     /// `EROFS` for a write open of a read-only mount, or the errno of the copy-up or open.
-    pub fn open(&self, id: u64, flags: i32) -> Result<u64> {
+    pub fn open(&self, id: u64, flags: i32) -> Result<Opened> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let mut copied_up = false;
         if write {
-            self.stack.upper()?;
+            let upper = self.stack.upper()?;
             let _ns = self.ns.write();
+            copied_up = self.inodes.lock().get(id).is_some_and(|n| n.layer != upper);
             self.copy_up(id)?;
         }
         let (layer, path, kind) = self.node_info(id)?;
@@ -115,7 +120,8 @@ impl Union {
         if flags & libc::O_TRUNC != 0 {
             rustix::fs::ftruncate(fd.as_fd(), 0)?;
         }
-        Ok(self.add_file(id, layer, fd, oflags))
+        let fh = self.add_file(id, layer, fd, oflags);
+        Ok(Opened { fh, copied_up })
     }
 
     /// Opens the backing file of a handle. Lower files are opened with `O_NOATIME` where
@@ -320,24 +326,42 @@ impl Union {
                 let (layer, path, _) = self.node_info(id)?;
                 self.stack.open(layer, &path, OFlags::PATH)
             }
-            Err(e) if e == Errno::ENOENT => {
-                let open: Vec<Arc<OpenFile>> = self
-                    .files
-                    .lock()
-                    .values()
-                    .filter(|f| f.node == id)
-                    .cloned()
-                    .collect();
-                for f in open {
-                    let b = f.backing.read();
-                    if !change || self.stack.is_upper(b.0) {
-                        return Ok(rustix::io::dup(b.1.as_fd())?);
-                    }
-                }
-                Err(e)
-            }
+            Err(e) if e == Errno::ENOENT => self
+                .open_copy_of_removed(id, change)
+                .map(|(_, fd)| fd)
+                .ok_or(e),
             Err(e) => Err(e),
         }
+    }
+
+    /// For node `id` that has no name left: a descriptor (with its layer) of its file as a
+    /// handle still open on it holds it, file or directory; only an upper one with
+    /// `change`, since a lower layer is never written.
+    pub(super) fn open_copy_of_removed(
+        &self,
+        id: u64,
+        change: bool,
+    ) -> Option<(LayerIdx, OwnedFd)> {
+        let usable = |layer: LayerIdx| !change || self.stack.is_upper(layer);
+        let open: Vec<Arc<OpenFile>> = self
+            .files
+            .lock()
+            .values()
+            .filter(|f| f.node == id)
+            .cloned()
+            .collect();
+        for f in open {
+            let b = f.backing.read();
+            if usable(b.0) {
+                return rustix::io::dup(b.1.as_fd()).ok().map(|fd| (b.0, fd));
+            }
+        }
+        let dirs = self.dirs.lock();
+        let (layer, fd) = dirs
+            .values()
+            .filter(|d| d.node == id)
+            .find_map(|d| d.dir.as_ref().filter(|(l, _)| usable(*l)))?;
+        rustix::io::dup(fd.as_fd()).ok().map(|fd| (*layer, fd))
     }
 
     /// An `O_PATH` descriptor (or an open one) of node `id` for reading its metadata.
@@ -350,26 +374,30 @@ impl Union {
     /// # Errors
     /// `ENODATA` when absent (always for overlay-private names).
     pub fn getxattr(&self, id: u64, name: &OsStr) -> Result<Vec<u8>> {
-        if layer::is_private_xattr(name) {
-            return Err(Errno::ENODATA);
-        }
+        let stored = layer::escape_xattr(name).ok_or(Errno::ENODATA)?;
         let fd = self.node_fd(id)?;
-        sys::xattr_get(fd.as_fd(), name)?.ok_or(Errno::ENODATA)
+        sys::xattr_get(fd.as_fd(), &stored)?.ok_or(Errno::ENODATA)
     }
 
-    /// The xattr names of node `id`, NUL-terminated, overlay-private ones left out.
+    /// The xattr names of node `id` as `creds` may see them, NUL-terminated: overlay
+    /// metadata left out, escaped names shown as set, `trusted.*` only to root (the
+    /// daemon reads them all, so it filters as a filesystem must).
     ///
     /// # Errors
     /// The errno of `listxattr`.
-    pub fn listxattr(&self, id: u64) -> Result<Vec<u8>> {
+    pub fn listxattr(&self, id: u64, creds: Creds) -> Result<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt;
         let fd = self.node_fd(id)?;
         let mut out = Vec::new();
-        for n in sys::xattr_list(fd.as_fd())? {
-            if !layer::is_private_xattr(&n) {
-                out.extend_from_slice(n.as_bytes());
-                out.push(0);
+        for n in sys::xattr_list(fd.as_fd())?
+            .iter()
+            .filter_map(|n| layer::unescape_xattr(n))
+        {
+            if creds.uid != 0 && n.as_bytes().starts_with(b"trusted.") {
+                continue;
             }
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
         }
         Ok(out)
     }
@@ -379,9 +407,7 @@ impl Union {
     /// # Errors
     /// `EPERM` for overlay-private names, `EROFS`, or the errno of `setxattr`.
     pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if layer::is_private_xattr(name) {
-            return Err(Errno::EPERM);
-        }
+        let name = &layer::escape_xattr(name).ok_or(Errno::EPERM)?;
         self.stack.upper()?;
         let _ns = self.ns.write();
         let fd = self.node_target(id, true)?;
@@ -393,15 +419,13 @@ impl Union {
     /// # Errors
     /// `ENODATA` when absent, `EROFS`, or the errno of `removexattr`.
     pub fn removexattr(&self, id: u64, name: &OsStr) -> Result<()> {
-        if layer::is_private_xattr(name) {
-            return Err(Errno::ENODATA);
-        }
+        let stored = layer::escape_xattr(name).ok_or(Errno::ENODATA)?;
         self.stack.upper()?;
         let _ns = self.ns.write();
         // Removing what is not there must not copy anything up.
         self.getxattr(id, name)?;
         let fd = self.node_target(id, true)?;
-        Ok(sys::xattr_remove(fd.as_fd(), name)?)
+        Ok(sys::xattr_remove(fd.as_fd(), &stored)?)
     }
 
     /// Opens directory `id`. The listing is read at the first `readdir`, as on any
@@ -410,13 +434,19 @@ impl Union {
     /// # Errors
     /// `ENOTDIR`, `ENOENT`.
     pub fn opendir(&self, id: u64) -> Result<u64> {
-        let is_dir = self.inodes.lock().get(id).ok_or(Errno::ENOENT)?.is_dir();
-        if !is_dir {
-            return Err(Errno::ENOTDIR);
-        }
+        let dir = match self.node_info(id) {
+            Ok((_, _, kind)) if kind.dir_len() == 0 => return Err(Errno::ENOTDIR),
+            Ok((layer, path, _)) => Some((layer, self.stack.open_dir(layer, &path)?)),
+            // A removed directory (a process's working directory, say) opens as empty.
+            Err(e) if e == Errno::ENOENT && self.is_removed(id) => {
+                self.open_copy_of_removed(id, false)
+            }
+            Err(e) => return Err(e),
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let h = DirHandle {
             node: id,
+            dir,
             entries: Mutex::new(None),
         };
         self.dirs.lock().insert(fh, Arc::new(h));

@@ -29,10 +29,36 @@ pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// The same, as the kernel writes it with `userxattr`.
 pub const OPAQUE_XATTR_USER: &str = "user.overlay.opaque";
 
+const TRUSTED_OVERLAY: &[u8] = b"trusted.overlay.";
+const USER_OVERLAY: &[u8] = b"user.overlay.";
+/// Where the kernel keeps `trusted.overlay.X` set by a user: `trusted.overlay.overlay.X`.
+const ESCAPED: &[u8] = b"trusted.overlay.overlay.";
+
 /// True for xattr names private to the overlay format: never shown through the mount.
+/// Escaped user xattrs (`trusted.overlay.overlay.*`) are user data, not private.
 pub fn is_private_xattr(name: &OsStr) -> bool {
     let b = name.as_bytes();
-    b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.")
+    (b.starts_with(TRUSTED_OVERLAY) && !b.starts_with(ESCAPED)) || b.starts_with(USER_OVERLAY)
+}
+
+/// The name stored in a layer for an xattr named `name` through the mount, escaped as the
+/// kernel does (`trusted.overlay.X` → `trusted.overlay.overlay.X`); `None` for the
+/// `user.overlay.` namespace, which strata reads as overlay metadata and never stores.
+pub fn escape_xattr(name: &OsStr) -> Option<OsString> {
+    let b = name.as_bytes();
+    if let Some(rest) = b.strip_prefix(TRUSTED_OVERLAY) {
+        return Some(OsString::from_vec([ESCAPED, rest].concat()));
+    }
+    (!b.starts_with(USER_OVERLAY)).then(|| name.to_os_string())
+}
+
+/// The name shown through the mount for an xattr stored as `name`; `None` if private.
+pub fn unescape_xattr(name: &OsStr) -> Option<OsString> {
+    let b = name.as_bytes();
+    if let Some(rest) = b.strip_prefix(ESCAPED) {
+        return Some(OsString::from_vec([TRUSTED_OVERLAY, rest].concat()));
+    }
+    (!is_private_xattr(name)).then(|| name.to_os_string())
 }
 
 /// True when `st` is a kernel-format whiteout: a character device 0/0.
@@ -242,5 +268,35 @@ pub fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
         Ok(_) => Ok(true),
         Err(rustix::io::Errno::NOENT) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_names_escape_as_in_the_kernel() {
+        let esc = |n: &str| escape_xattr(OsStr::new(n)).map(|s| s.into_string().unwrap());
+        let unesc = |n: &str| unescape_xattr(OsStr::new(n)).map(|s| s.into_string().unwrap());
+        assert_eq!(esc("user.k").as_deref(), Some("user.k"));
+        assert_eq!(
+            esc("trusted.overlay.x").as_deref(),
+            Some("trusted.overlay.overlay.x")
+        );
+        assert_eq!(esc("user.overlay.opaque"), None);
+        assert_eq!(
+            unesc("trusted.overlay.overlay.x").as_deref(),
+            Some("trusted.overlay.x")
+        );
+        assert_eq!(unesc("trusted.overlay.opaque"), None);
+        assert_eq!(unesc("user.overlay.opaque"), None);
+        assert_eq!(
+            unesc("security.capability").as_deref(),
+            Some("security.capability")
+        );
+        for n in ["user.k", "trusted.overlay.x", "trusted.overlay.overlay.y"] {
+            assert_eq!(unesc(&esc(n).unwrap()).as_deref(), Some(n));
+        }
     }
 }

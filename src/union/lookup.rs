@@ -216,7 +216,7 @@ impl Union {
         Ok(attr)
     }
 
-    fn is_removed(&self, id: u64) -> bool {
+    pub(super) fn is_removed(&self, id: u64) -> bool {
         self.inodes
             .lock()
             .get(id)
@@ -225,17 +225,18 @@ impl Union {
 
     /// Attributes of a node that has no name left but is still open somewhere.
     fn getattr_removed(&self, id: u64) -> Result<Attr> {
-        let open = self.files.lock().values().find(|f| f.node == id).cloned();
-        let Some(file) = open else {
+        let Some((layer, fd)) = self.open_copy_of_removed(id, false) else {
             // Nothing open to ask: what it looked like when its last name went.
             let inodes = self.inodes.lock();
             return inodes.get(id).and_then(|n| n.removed).ok_or(Errno::ENOENT);
         };
-        let (layer, st) = file.fstat()?;
-        let mut attr = Attr::from_stat(id, &st);
+        let mut attr = Attr::from_stat(id, &sys::stat_fd(fd.as_fd())?);
         if !self.stack.is_upper(layer) {
             // The lower file itself lives on; through the mount it has no name left.
             attr.nlink = 0;
+        }
+        if attr.is_dir() {
+            attr.size = 0;
         }
         Ok(attr)
     }

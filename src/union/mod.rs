@@ -31,7 +31,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Errno, Result};
 use crate::sys;
-pub use file::{DirHandle, OpenFile, SetAttr};
+pub use file::{DirHandle, OpenFile, Opened, SetAttr};
 use inode::{Inodes, NodeKind, ROOT_ID};
 pub use layer::{LayerIdx, Stack, StackPaths};
 

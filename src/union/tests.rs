@@ -85,7 +85,7 @@ fn lookup(u: &Union, path: &str) -> Result<Attr> {
 
 fn read_all(u: &Union, path: &str) -> String {
     let a = lookup(u, path).unwrap();
-    let fh = u.open(a.ino, libc::O_RDONLY).unwrap();
+    let fh = u.open(a.ino, libc::O_RDONLY).unwrap().fh;
     let data = u.read(fh, 0, 1 << 20).unwrap();
     u.release(fh);
     String::from_utf8(data).unwrap()
@@ -146,7 +146,7 @@ fn opaque_directories_hide_lower_contents_in_every_form() {
             "{d}"
         );
         assert!(
-            u.listxattr(a.ino).unwrap().is_empty(),
+            u.listxattr(a.ino, ROOT).unwrap().is_empty(),
             "{d}: overlay xattrs must stay hidden"
         );
     }
@@ -199,7 +199,7 @@ fn copy_up_keeps_metadata_and_holes() {
     rustix::fs::utimensat(rustix::fs::CWD, &p, &times, rustix::fs::AtFlags::empty()).unwrap();
     let u = f.union();
     let a = lookup(&u, "dir/sparse").unwrap();
-    let fh = u.open(a.ino, libc::O_RDWR).unwrap();
+    let fh = u.open(a.ino, libc::O_RDWR).unwrap().fh;
     u.release(fh);
     let up = fs::metadata(f.p("upper/dir/sparse")).unwrap();
     assert_eq!((up.mode() & 0o7777, up.uid(), up.gid()), (0o640, 123, 456));
