@@ -1106,3 +1106,17 @@ fn metadata_calls_through_a_descriptor_of_a_removed_directory_work() {
         assert_eq!((md.mode() & 0o7777, md.nlink(), md.len()), (0o700, 0, 0));
     });
 }
+
+#[test]
+fn a_directory_descriptor_follows_the_copy_up_of_its_directory() {
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(0).join("d")).unwrap();
+    set_xattr(&s.lower(0).join("d"), "user.k", b"lower");
+    on_kernel_then_strata(&s, 1, |m| {
+        let d = fs::File::open(m.join("d")).unwrap();
+        fs::set_permissions(m.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+        rustix::fs::fsetxattr(&d, "user.k", b"upper", rustix::fs::XattrFlags::empty()).unwrap();
+        assert_eq!(lgetxattr(&m.join("d"), "user.k").unwrap(), b"upper");
+        assert_eq!(d.metadata().unwrap().mode() & 0o7777, 0o700);
+    });
+}

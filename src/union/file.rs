@@ -55,7 +55,7 @@ pub struct DirHandle {
     pub node: u64,
     /// The directory's top-most copy when it was opened (an `O_PATH` descriptor), so that
     /// metadata calls through the handle still work once the directory is removed.
-    dir: Option<(LayerIdx, OwnedFd)>,
+    dir: Mutex<Option<(LayerIdx, OwnedFd)>>,
     /// Taken at the first read (and again at each read from position 0).
     entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
@@ -159,9 +159,9 @@ impl Union {
         Ok(())
     }
 
-    /// Points every open handle of node `id` at its copy in `layer` (right after a
-    /// copy-up, while the node still has a name), so readers that opened the lower file
-    /// see the data, mode and fate of the copy from now on.
+    /// Points every open handle of node `id`, file or directory, at its current copy
+    /// (right after a copy-up, while the node still has a name), so holders of the lower
+    /// one see the data, metadata and fate of the copy from now on.
     pub(super) fn repoint_handles(&self, id: u64) -> Result<()> {
         let open: Vec<Arc<OpenFile>> = self
             .files
@@ -173,9 +173,21 @@ impl Union {
         for f in open {
             self.follow_copy_up(&f)?;
         }
+        let dirs: Vec<Arc<DirHandle>> = self
+            .dirs
+            .lock()
+            .values()
+            .filter(|d| d.node == id)
+            .cloned()
+            .collect();
+        if !dirs.is_empty() {
+            let (layer, path, _) = self.node_info(id)?;
+            for d in dirs {
+                *d.dir.lock() = Some((layer, self.stack.open_dir(layer, &path)?));
+            }
+        }
         Ok(())
     }
-
     /// Reads up to `size` bytes at `offset`.
     ///
     /// # Errors
@@ -356,12 +368,18 @@ impl Union {
                 return rustix::io::dup(b.1.as_fd()).ok().map(|fd| (b.0, fd));
             }
         }
-        let dirs = self.dirs.lock();
-        let (layer, fd) = dirs
+        let dirs: Vec<Arc<DirHandle>> = self
+            .dirs
+            .lock()
             .values()
             .filter(|d| d.node == id)
-            .find_map(|d| d.dir.as_ref().filter(|(l, _)| usable(*l)))?;
-        rustix::io::dup(fd.as_fd()).ok().map(|fd| (*layer, fd))
+            .cloned()
+            .collect();
+        dirs.iter().find_map(|d| {
+            let dir = d.dir.lock();
+            let (layer, fd) = dir.as_ref().filter(|(l, _)| usable(*l))?;
+            rustix::io::dup(fd.as_fd()).ok().map(|fd| (*layer, fd))
+        })
     }
 
     /// An `O_PATH` descriptor (or an open one) of node `id` for reading its metadata.
@@ -446,7 +464,7 @@ impl Union {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let h = DirHandle {
             node: id,
-            dir,
+            dir: Mutex::new(dir),
             entries: Mutex::new(None),
         };
         self.dirs.lock().insert(fh, Arc::new(h));
