@@ -159,27 +159,35 @@ impl Union {
         Ok(())
     }
 
-    /// Points every open handle of node `id`, file or directory, at its current copy
-    /// (right after a copy-up, while the node still has a name), so holders of the lower
-    /// one see the data, metadata and fate of the copy from now on.
-    pub(super) fn repoint_handles(&self, id: u64) -> Result<()> {
-        let open: Vec<Arc<OpenFile>> = self
-            .files
+    /// The open file handles of node `id`.
+    fn files_of(&self, id: u64) -> Vec<Arc<OpenFile>> {
+        self.files
             .lock()
             .values()
             .filter(|f| f.node == id)
             .cloned()
-            .collect();
-        for f in open {
-            self.follow_copy_up(&f)?;
-        }
-        let dirs: Vec<Arc<DirHandle>> = self
-            .dirs
+            .collect()
+    }
+
+    /// The open directory handles of node `id`.
+    fn dirs_of(&self, id: u64) -> Vec<Arc<DirHandle>> {
+        self.dirs
             .lock()
             .values()
             .filter(|d| d.node == id)
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Points every open handle of node `id`, file or directory, at its current copy
+    /// (right after a copy-up, while the node still has a name), so holders of the lower
+    /// one see the data, metadata and fate of the copy from now on.
+    pub(super) fn repoint_handles(&self, id: u64) -> Result<()> {
+        let open = self.files_of(id);
+        for f in open {
+            self.follow_copy_up(&f)?;
+        }
+        let dirs = self.dirs_of(id);
         if !dirs.is_empty() {
             let (layer, path, _) = self.node_info(id)?;
             for d in dirs {
@@ -355,26 +363,14 @@ impl Union {
         change: bool,
     ) -> Option<(LayerIdx, OwnedFd)> {
         let usable = |layer: LayerIdx| !change || self.stack.is_upper(layer);
-        let open: Vec<Arc<OpenFile>> = self
-            .files
-            .lock()
-            .values()
-            .filter(|f| f.node == id)
-            .cloned()
-            .collect();
+        let open = self.files_of(id);
         for f in open {
             let b = f.backing.read();
             if usable(b.0) {
                 return rustix::io::dup(b.1.as_fd()).ok().map(|fd| (b.0, fd));
             }
         }
-        let dirs: Vec<Arc<DirHandle>> = self
-            .dirs
-            .lock()
-            .values()
-            .filter(|d| d.node == id)
-            .cloned()
-            .collect();
+        let dirs = self.dirs_of(id);
         dirs.iter().find_map(|d| {
             let dir = d.dir.lock();
             let (layer, fd) = dir.as_ref().filter(|(l, _)| usable(*l))?;
