@@ -7,7 +7,7 @@
 //! layer's root descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so no
 //! symlink in a layer can lead outside it.
 
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -432,11 +432,6 @@ fn copy_by_hand(
         *off_out += n as u64;
     }
     Ok(())
-}
-
-/// Converts a `CStr` path to an `OsStr`.
-pub fn os(c: &CStr) -> &OsStr {
-    OsStr::from_bytes(c.to_bytes())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -77,19 +77,6 @@ impl Node {
     pub fn is_dir(&self) -> bool {
         matches!(self.kind, NodeKind::Dir { .. })
     }
-
-    /// The layers of a directory (empty for other nodes).
-    pub fn dir_layers(&self) -> &[LayerIdx] {
-        match &self.kind {
-            NodeKind::Dir { layers } => layers,
-            NodeKind::NotDir { .. } => &[],
-        }
-    }
-
-    /// True for a directory merged from more than one layer.
-    pub fn is_merged_dir(&self) -> bool {
-        self.dir_layers().len() > 1
-    }
 }
 
 /// The table itself. Callers hold it behind a mutex and keep each critical section short.

@@ -154,11 +154,6 @@ impl Union {
         }
     }
 
-    /// The stack this union serves.
-    pub fn stack(&self) -> &Stack {
-        &self.stack
-    }
-
     /// How many inodes the kernel currently holds.
     pub fn inode_count(&self) -> usize {
         self.inodes.lock().len()
