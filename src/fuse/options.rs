@@ -223,19 +223,22 @@ impl MountOptions {
                 (Some(upper), Some(work))
             }
         };
-        if self.read_only && upper.is_some() {
+        match upper {
             // A read-only mount with an upper serves the merged view and never writes.
-            return Ok(StackPaths {
-                lowers: [vec![upper.unwrap_or_default()], lowers].concat(),
-                upper: None,
-                work: None,
-            });
+            Some(u) if self.read_only => {
+                let lowers = std::iter::once(u).chain(lowers).collect();
+                Ok(StackPaths {
+                    lowers,
+                    upper: None,
+                    work: None,
+                })
+            }
+            upper => Ok(StackPaths {
+                lowers,
+                upper,
+                work,
+            }),
         }
-        Ok(StackPaths {
-            lowers,
-            upper,
-            work,
-        })
     }
 }
 
