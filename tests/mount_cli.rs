@@ -644,3 +644,29 @@ fn upper_and_work_must_be_separate_trees() {
         &[upper_in_work.to_str().unwrap(), "workdir", "upperdir"],
     );
 }
+
+#[test]
+fn a_new_mount_survives_the_end_of_the_old_daemon_at_the_same_place() {
+    // A lazily unmounted mount lives on while a file in it is open; its daemon ends only
+    // when that file is closed, by which time a new mount sits at the same path. The old
+    // daemon must not take the new mount away as it ends.
+    let s = Scratch::new();
+    put(&s.lower(0).join("f"), "x");
+    let old = s.mount(1);
+    let held = fs::File::open(old.path("f")).unwrap();
+    let st = Command::new("umount")
+        .arg("-l")
+        .arg(&old.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::mem::forget(old); // already unmounted: nothing for its guard to do
+    let new = s.mount(1);
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        mounted(&new.mnt),
+        "the end of the old daemon took the new mount away"
+    );
+    assert_eq!(fs::read_to_string(new.path("f")).unwrap(), "x");
+}

@@ -248,13 +248,61 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
         o.timeout.unwrap_or(DEFAULT_TIMEOUT),
         Arc::clone(&notifier),
     );
-    let config = fuse_config(o, paths.upper.is_none());
-    let session = Session::new(fs, &req.mountpoint, &config)
-        .map_err(io(format!("mounting on {}", req.mountpoint.display())))?;
+    let read_only = paths.upper.is_none();
+    let config = fuse_config(o, read_only);
+    let what = format!("mounting on {}", req.mountpoint.display());
+    let session = match mount_ourselves(o, read_only, &req.mountpoint) {
+        Ok(dev) => Session::from_fd(fs, dev, config.acl, config).map_err(|e| {
+            // The mount exists but will never be served: take it away again.
+            if let Err(u) = sys::unmount(&req.mountpoint, true) {
+                log::error!("cannot undo the mount on {}: {u}", req.mountpoint.display());
+            }
+            DaemonError::Io {
+                context: what,
+                source: e,
+            }
+        })?,
+        // Without the right to mount(2), fuser's own mount goes through fusermount3.
+        Err(rustix::io::Errno::PERM) => {
+            Session::new(fs, &req.mountpoint, &config).map_err(io(what))?
+        }
+        Err(e) => {
+            return Err(DaemonError::Io {
+                context: what,
+                source: e.into(),
+            })
+        }
+    };
     if notifier.set(session.notifier()).is_err() {
         log::warn!("notifier already set");
     }
     Ok(session)
+}
+
+/// Mounts with mount(2) directly, as type `fuse.strata`. fuser's own mount would also
+/// work, but its session unmounts the mountpoint path when it ends, even when the mount
+/// there is by then a newer one (a remount right after an unmount).
+fn mount_ourselves(
+    o: &MountOptions,
+    read_only: bool,
+    mnt: &Path,
+) -> Result<OwnedFd, rustix::io::Errno> {
+    let root = sys::euid() == 0;
+    let flags = sys::FuseMountFlags {
+        read_only,
+        nosuid: !o.suid.unwrap_or(true),
+        nodev: !o.dev.unwrap_or(false),
+        noexec: !o.exec.unwrap_or(true),
+        noatime: o.noatime,
+    };
+    let mut extra = Vec::new();
+    if o.default_permissions.unwrap_or(root) {
+        extra.push("default_permissions");
+    }
+    if o.allow_other.unwrap_or(root) {
+        extra.push("allow_other");
+    }
+    sys::mount_fuse("strata", "strata", mnt, flags, &extra.join(","))
 }
 
 /// The fusectl connection number of the mount at `mnt` (its device minor).

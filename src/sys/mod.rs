@@ -545,6 +545,61 @@ pub fn unmount(path: &Path, lazy: bool) -> Result<(), RErrno> {
     rustix::mount::unmount(path, flags)
 }
 
+/// Flags of a FUSE mount made with [`mount_fuse`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FuseMountFlags {
+    pub read_only: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+}
+
+/// Opens `/dev/fuse` and mounts a FUSE filesystem of type `fuse.SUBTYPE` from it at
+/// `target` with `mount(2)`; returns the device descriptor for the session. `options`
+/// are the FUSE mount options after `fd=`, `rootmode=`, `user_id=` and `group_id=`
+/// (e.g. `default_permissions,allow_other`).
+///
+/// # Errors
+/// The errno of `open` or `mount` (`EPERM` without `CAP_SYS_ADMIN`).
+pub fn mount_fuse(
+    source: &str,
+    subtype: &str,
+    target: &Path,
+    flags: FuseMountFlags,
+    options: &str,
+) -> Result<OwnedFd, RErrno> {
+    use rustix::mount::MountFlags;
+    let dev = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={}",
+        dev.as_raw_fd(),
+        libc::S_IFDIR,
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw()
+    );
+    if !options.is_empty() {
+        data.push(',');
+        data.push_str(options);
+    }
+    let mut f = MountFlags::empty();
+    for (on, flag) in [
+        (flags.read_only, MountFlags::RDONLY),
+        (flags.nosuid, MountFlags::NOSUID),
+        (flags.nodev, MountFlags::NODEV),
+        (flags.noexec, MountFlags::NOEXEC),
+        (flags.noatime, MountFlags::NOATIME),
+    ] {
+        if on {
+            f |= flag;
+        }
+    }
+    let fstype = format!("fuse.{subtype}");
+    let data = CString::new(data).map_err(|_| RErrno::INVAL)?;
+    rustix::mount::mount(source, target, fstype.as_str(), f, data.as_c_str())?;
+    Ok(dev)
+}
+
 /// Safe wrapper for `geteuid(2)`.
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
