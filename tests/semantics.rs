@@ -1120,25 +1120,3 @@ fn a_directory_descriptor_follows_the_copy_up_of_its_directory() {
         assert_eq!(d.metadata().unwrap().mode() & 0o7777, 0o700);
     });
 }
-
-#[test]
-fn a_directory_made_in_a_merged_directory_is_opaque_as_by_the_kernel() {
-    let s = Scratch::new();
-    put(&s.lower(0).join("m/x"), "");
-    fs::create_dir_all(s.lower(0).join("plain")).unwrap();
-    fs::create_dir_all(s.upper().join("plain")).unwrap();
-    on_kernel_then_strata(&s, 1, |m| {
-        fs::create_dir(m.join("m/new")).unwrap();
-        fs::create_dir(m.join("top")).unwrap();
-    });
-    for up in [s.kupper(), s.upper()] {
-        for d in ["m/new", "top"] {
-            assert_eq!(
-                lgetxattr(&up.join(d), "trusted.overlay.opaque").unwrap(),
-                b"y",
-                "{}/{d}",
-                up.display()
-            );
-        }
-    }
-}

@@ -177,10 +177,7 @@ impl Union {
             return Err(Errno::EEXIST);
         }
         self.copy_up(parent)?;
-        let (parent_layers, dir) = self.dir_info(parent)?;
-        // A new directory in a merged one is made opaque, as the kernel does: nothing below
-        // can show through it, and lookups in it need not look below.
-        let opaque = make.is_dir() && parent_layers.len() > 1;
+        let (_, dir, _) = self.node_info(parent)?;
         let udir = self.stack.open_dir(upper, &dir)?;
         let pst = sys::stat_fd(udir.as_fd())?;
         let sgid = pst.st_mode & libc::S_ISGID != 0;
@@ -225,7 +222,7 @@ impl Union {
                         AtFlags::empty(),
                     )?;
                 }
-                if opaque || wh != Whiteout::None {
+                if wh != Whiteout::None {
                     self.set_opaque(tdir, tname)?;
                 }
             }
