@@ -323,13 +323,7 @@ fn kernel_upper_reads_the_same_under_strata() {
         snapshot(&k.mnt)
     };
     // a copy of the kernel's upper, for the kernel to continue on below
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(s.upper())
-        .arg(s.kupper())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    s.copy_upper_to_kupper();
     {
         let m = s.mount(2);
         assert_same_view(

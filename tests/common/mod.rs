@@ -589,21 +589,25 @@ impl Scratch {
     pub fn kupper(&self) -> PathBuf {
         self.path("kupper")
     }
-}
 
+    /// Replaces `kupper` with an exact copy (`cp -a`) of `upper`.
+    pub fn copy_upper_to_kupper(&self) {
+        let _ = fs::remove_dir_all(self.kupper());
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(self.upper())
+            .arg(self.kupper())
+            .status()
+            .unwrap();
+        assert!(st.success(), "copying the upper");
+    }
+}
 /// Runs `check` first on a kernel overlayfs mount of lowers `0..n` (plain options, upper
 /// `kupper`, a copy of the starting upper), then on a strata mount of the same layers with
 /// `upper`. The kernel run checks the test's expectations; the strata run checks strata.
 /// Afterwards `kupper` and `upper` hold what each wrote.
 pub fn on_kernel_then_strata(s: &Scratch, n: usize, check: impl Fn(&Path)) {
-    let _ = fs::remove_dir_all(s.kupper());
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(s.upper())
-        .arg(s.kupper())
-        .status()
-        .unwrap();
-    assert!(st.success(), "copying the upper for the kernel run");
+    s.copy_upper_to_kupper();
     {
         let k = s.kernel_mount_plain(n, &s.kupper());
         eprintln!("--- checking kernel overlayfs at {}", k.mnt.display());
