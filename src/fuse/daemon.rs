@@ -141,53 +141,77 @@ fn clean_work(work: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn fuse_config(o: &MountOptions, read_only: bool) -> Config {
-    let root = sys::euid() == 0;
-    let mut opts = vec![
-        MountOption::FSName("strata".into()),
-        MountOption::Subtype("strata".into()),
-    ];
-    if o.default_permissions.unwrap_or(root) {
-        opts.push(MountOption::DefaultPermissions);
+/// How the mount is made, decided once from the options. The defaults are
+/// fuse-overlayfs's: `nodev`, `suid`, `exec`; `default_permissions` and `allow_other`
+/// as root.
+struct MountPlan {
+    flags: sys::FuseMountFlags,
+    default_permissions: bool,
+    allow_other: bool,
+}
+
+impl MountPlan {
+    fn new(o: &MountOptions, read_only: bool) -> MountPlan {
+        let root = sys::euid() == 0;
+        MountPlan {
+            flags: sys::FuseMountFlags {
+                read_only,
+                nosuid: !o.suid.unwrap_or(true),
+                nodev: !o.dev.unwrap_or(false),
+                noexec: !o.exec.unwrap_or(true),
+                noatime: o.noatime,
+            },
+            default_permissions: o.default_permissions.unwrap_or(root),
+            allow_other: o.allow_other.unwrap_or(root),
+        }
     }
-    opts.push(if read_only {
-        MountOption::RO
-    } else {
-        MountOption::RW
-    });
-    opts.push(if o.dev.unwrap_or(false) {
-        MountOption::Dev
-    } else {
-        MountOption::NoDev
-    });
-    opts.push(if o.suid.unwrap_or(true) {
-        MountOption::Suid
-    } else {
-        MountOption::NoSuid
-    });
-    opts.push(if o.exec.unwrap_or(true) {
-        MountOption::Exec
-    } else {
-        MountOption::NoExec
-    });
-    if o.noatime {
-        opts.push(MountOption::NoAtime);
+
+    /// The FUSE options of the kernel mount after `fd=…,rootmode=…,user_id=…,group_id=…`.
+    fn kernel_options(&self) -> String {
+        let mut v = Vec::new();
+        if self.default_permissions {
+            v.push("default_permissions");
+        }
+        if self.allow_other {
+            v.push("allow_other");
+        }
+        v.join(",")
     }
-    let mut c = Config::default();
-    c.mount_options = opts;
-    c.acl = if o.allow_other.unwrap_or(root) {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    c.n_threads = Some(
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .max(2),
-    );
-    c.clone_fd = true;
-    c
+
+    /// The session configuration; its mount options are used only by fuser's own mount.
+    fn fuser_config(&self) -> Config {
+        let f = &self.flags;
+        let pick = |on: bool, yes: MountOption, no: MountOption| if on { yes } else { no };
+        let mut opts = vec![
+            MountOption::FSName("strata".into()),
+            MountOption::Subtype("strata".into()),
+            pick(f.read_only, MountOption::RO, MountOption::RW),
+            pick(f.nodev, MountOption::NoDev, MountOption::Dev),
+            pick(f.nosuid, MountOption::NoSuid, MountOption::Suid),
+            pick(f.noexec, MountOption::NoExec, MountOption::Exec),
+        ];
+        if f.noatime {
+            opts.push(MountOption::NoAtime);
+        }
+        if self.default_permissions {
+            opts.push(MountOption::DefaultPermissions);
+        }
+        let mut c = Config::default();
+        c.mount_options = opts;
+        c.acl = if self.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        c.n_threads = Some(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2),
+        );
+        c.clone_fd = true;
+        c
+    }
 }
 
 /// Mounts and serves until the mount ends. `ready` (the pipe to the waiting parent) gets
@@ -249,9 +273,19 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
         Arc::clone(&notifier),
     );
     let read_only = paths.upper.is_none();
-    let config = fuse_config(o, read_only);
+    let plan = MountPlan::new(o, read_only);
+    let config = plan.fuser_config();
     let what = format!("mounting on {}", req.mountpoint.display());
-    let session = match mount_ourselves(o, read_only, &req.mountpoint) {
+    // strata makes the mount itself (type `fuse.strata`): fuser's session would unmount
+    // the mountpoint path when it ends, even when the mount there is a newer one by then.
+    let mounted = sys::mount_fuse(
+        "strata",
+        "strata",
+        &req.mountpoint,
+        plan.flags,
+        &plan.kernel_options(),
+    );
+    let session = match mounted {
         Ok(dev) => Session::from_fd(fs, dev, config.acl, config).map_err(|e| {
             // The mount exists but will never be served: take it away again.
             if let Err(u) = sys::unmount(&req.mountpoint, true) {
@@ -277,32 +311,6 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
         log::warn!("notifier already set");
     }
     Ok(session)
-}
-
-/// Mounts with mount(2) directly, as type `fuse.strata`. fuser's own mount would also
-/// work, but its session unmounts the mountpoint path when it ends, even when the mount
-/// there is by then a newer one (a remount right after an unmount).
-fn mount_ourselves(
-    o: &MountOptions,
-    read_only: bool,
-    mnt: &Path,
-) -> Result<OwnedFd, rustix::io::Errno> {
-    let root = sys::euid() == 0;
-    let flags = sys::FuseMountFlags {
-        read_only,
-        nosuid: !o.suid.unwrap_or(true),
-        nodev: !o.dev.unwrap_or(false),
-        noexec: !o.exec.unwrap_or(true),
-        noatime: o.noatime,
-    };
-    let mut extra = Vec::new();
-    if o.default_permissions.unwrap_or(root) {
-        extra.push("default_permissions");
-    }
-    if o.allow_other.unwrap_or(root) {
-        extra.push("allow_other");
-    }
-    sys::mount_fuse("strata", "strata", mnt, flags, &extra.join(","))
 }
 
 /// The fusectl connection number of the mount at `mnt` (its device minor).

@@ -10,8 +10,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
     TimeOrNow, WriteFlags,
 };
@@ -115,7 +115,7 @@ fn creds(req: &Request) -> Creds {
 impl StrataFs {
     fn entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation)),
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -138,10 +138,6 @@ impl StrataFs {
 }
 
 impl Filesystem for StrataFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
-        Ok(())
-    }
-
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.entry(self.union.lookup(parent.0, name), reply);
     }
@@ -469,7 +465,7 @@ impl Filesystem for StrataFs {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &file_attr(&a),
-                Generation(a.generation),
+                Generation(0),
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),

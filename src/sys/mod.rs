@@ -102,6 +102,18 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Stat, RErrno> {
     rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
 }
 
+/// Whether `name` exists in the directory `dir` (not following a symlink).
+///
+/// # Errors
+/// The errno of `fstatat` other than `ENOENT`.
+pub fn exists_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, RErrno> {
+    match stat_at(dir, name) {
+        Ok(_) => Ok(true),
+        Err(RErrno::NOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Safe wrapper for `fstat(2)`.
 ///
 /// # Errors
@@ -114,10 +126,6 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<Stat, RErrno> {
 /// descriptor holds (even a symlink opened with `O_PATH`), which is how xattrs, modes and
 /// times are changed through `O_PATH` descriptors.
 pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
-    proc_path(fd)
-}
-
-fn proc_path(fd: BorrowedFd<'_>) -> CString {
     // A decimal number never holds a NUL byte.
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
@@ -128,7 +136,7 @@ fn proc_path(fd: BorrowedFd<'_>) -> CString {
 /// # Errors
 /// The errno of `getxattr`, other than `ENODATA`.
 pub fn xattr_get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>, RErrno> {
-    let path = proc_path(fd);
+    let path = fd_path(fd);
     let mut buf = vec![0u8; 256];
     loop {
         match rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..]) {
@@ -151,7 +159,7 @@ pub fn xattr_get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>, RE
 /// # Errors
 /// The errno of `listxattr`.
 pub fn xattr_list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>, RErrno> {
-    let path = proc_path(fd);
+    let path = fd_path(fd);
     let mut buf = vec![0u8; 1024];
     let n = loop {
         match rustix::fs::listxattr(path.as_c_str(), &mut buf[..]) {
@@ -176,7 +184,7 @@ pub fn xattr_list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>, RErrno> {
 /// The errno of `setxattr`.
 pub fn xattr_set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<(), RErrno> {
     let flags = rustix::fs::XattrFlags::from_bits_retain(flags as _);
-    rustix::fs::setxattr(proc_path(fd).as_c_str(), name, value, flags)
+    rustix::fs::setxattr(fd_path(fd).as_c_str(), name, value, flags)
 }
 
 /// Safe wrapper for `removexattr(2)` on the inode behind `fd`.
@@ -184,7 +192,7 @@ pub fn xattr_set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> 
 /// # Errors
 /// The errno of `removexattr`.
 pub fn xattr_remove(fd: BorrowedFd<'_>, name: &OsStr) -> Result<(), RErrno> {
-    rustix::fs::removexattr(proc_path(fd).as_c_str(), name)
+    rustix::fs::removexattr(fd_path(fd).as_c_str(), name)
 }
 
 /// Safe wrapper for `fchmodat(2)` on the inode behind `fd`.
@@ -192,7 +200,7 @@ pub fn xattr_remove(fd: BorrowedFd<'_>, name: &OsStr) -> Result<(), RErrno> {
 /// # Errors
 /// The errno of `chmod`.
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<(), RErrno> {
-    rustix::fs::chmod(proc_path(fd).as_c_str(), Mode::from_raw_mode(mode))
+    rustix::fs::chmod(fd_path(fd).as_c_str(), Mode::from_raw_mode(mode))
 }
 
 /// Safe wrapper for `fchownat(2)` with `AT_EMPTY_PATH`: changes the owner of the inode
@@ -248,7 +256,7 @@ pub fn utimens_fd(fd: BorrowedFd<'_>, atime: SetTime, mtime: SetTime) -> Result<
     };
     rustix::fs::utimensat(
         rustix::fs::CWD,
-        proc_path(fd).as_c_str(),
+        fd_path(fd).as_c_str(),
         &times,
         AtFlags::empty(),
     )

@@ -1,9 +1,10 @@
 //! Open files and directories, data I/O, attributes and xattrs.
 //!
 //! Opening a file for writing (or truncating it) copies it up first, so a write handle
-//! always points into the upper layer. A read handle opened on a lower file follows the
-//! file when another handle copies it up, so it never serves stale data. Directory handles
-//! hold a snapshot of the merged listing taken at `opendir` (and at each rewind).
+//! always points into the upper layer. Every copy-up re-points the handles already open on
+//! its file or directory, so a reader of the lower file never serves stale data. Directory
+//! handles list a snapshot of the merged directory taken at the first read (and at each
+//! rewind).
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -111,6 +112,9 @@ impl Union {
             copied_up = self.inodes.lock().get(id).is_some_and(|n| n.layer != upper);
             self.copy_up(id)?;
         }
+        // A copy-up re-points the open handles of its file; holding the namespace lock
+        // keeps one from slipping in between finding the file and registering the handle.
+        let _ns = self.ns.read();
         let (layer, path, kind) = self.node_info(id)?;
         if kind.dir_len() > 0 {
             return Err(Errno::EISDIR);
@@ -141,24 +145,6 @@ impl Union {
         }
     }
 
-    /// Points a read handle at the upper copy when its file was copied up since it opened.
-    fn follow_copy_up(&self, f: &OpenFile) -> Result<()> {
-        let current = self.inodes.lock().get(f.node).map(|n| n.layer);
-        let Some(current) = current else {
-            return Ok(());
-        };
-        if f.backing.read().0 == current {
-            return Ok(());
-        }
-        let (layer, path, _) = match self.node_info(f.node) {
-            Ok(i) => i,
-            Err(_) => return Ok(()), // no name left: keep what we have
-        };
-        let fd = self.open_backing(layer, &path, f.flags)?;
-        *f.backing.write() = (layer, fd);
-        Ok(())
-    }
-
     /// The open file handles of node `id`.
     fn files_of(&self, id: u64) -> Vec<Arc<OpenFile>> {
         self.files
@@ -183,16 +169,19 @@ impl Union {
     /// (right after a copy-up, while the node still has a name), so holders of the lower
     /// one see the data, metadata and fate of the copy from now on.
     pub(super) fn repoint_handles(&self, id: u64) -> Result<()> {
-        let open = self.files_of(id);
-        for f in open {
-            self.follow_copy_up(&f)?;
+        let (files, dirs) = (self.files_of(id), self.dirs_of(id));
+        if files.is_empty() && dirs.is_empty() {
+            return Ok(());
         }
-        let dirs = self.dirs_of(id);
-        if !dirs.is_empty() {
-            let (layer, path, _) = self.node_info(id)?;
-            for d in dirs {
-                *d.dir.lock() = Some((layer, self.stack.open_dir(layer, &path)?));
+        let (layer, path, _) = self.node_info(id)?;
+        for f in files {
+            if f.backing.read().0 != layer {
+                let fd = self.open_backing(layer, &path, f.flags)?;
+                *f.backing.write() = (layer, fd);
             }
+        }
+        for d in dirs {
+            *d.dir.lock() = Some((layer, self.stack.open_dir(layer, &path)?));
         }
         Ok(())
     }
@@ -202,7 +191,6 @@ impl Union {
     /// `EBADF` for an unknown handle, or the errno of `pread`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let f = self.file(fh)?;
-        self.follow_copy_up(&f)?;
         let b = f.backing.read();
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
@@ -244,7 +232,6 @@ impl Union {
     /// `EBADF`, `EINVAL` for other modes, `ENXIO` past the end, or the errno of `lseek`.
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
         let f = self.file(fh)?;
-        self.follow_copy_up(&f)?;
         let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
         let pos = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset),

@@ -66,9 +66,7 @@ pub struct Node {
     pub names: Vec<(u64, OsString)>,
     /// The kernel's lookup count (over every generation of this id).
     pub lookups: u64,
-    /// Told to the kernel with the id; a new one whenever the id is given to a new file,
-    /// so the kernel drops an inode it still holds for the removed one.
-    pub generation: u64,
+
     /// Set once the node's last name was removed: its attributes at that moment.
     pub removed: Option<Attr>,
 }
@@ -77,6 +75,14 @@ impl Node {
     pub fn is_dir(&self) -> bool {
         matches!(self.kind, NodeKind::Dir { .. })
     }
+}
+
+/// A name detached by [`Inodes::take_name`], to be attached elsewhere.
+struct TakenName {
+    from: (u64, OsString),
+    node: Option<u64>,
+    /// (identity, synthetic id) pairs that were keyed by the name.
+    split: Vec<(u64, u64)>,
 }
 
 /// The table itself. Callers hold it behind a mutex and keep each critical section short.
@@ -91,7 +97,6 @@ pub struct Inodes {
     /// (parent, name) to the node it leads to, for every name of every node.
     by_name: HashMap<(u64, OsString), u64>,
     next_synthetic: u64,
-    next_generation: u64,
 }
 
 impl Inodes {
@@ -111,7 +116,6 @@ impl Inodes {
                 layer,
                 names: Vec::new(),
                 lookups: 1,
-                generation: 0,
                 removed: None,
             },
         );
@@ -153,22 +157,15 @@ impl Inodes {
         layer: LayerIdx,
         count: bool,
     ) -> u64 {
+        // Never the id of a removed node (see `id_for`): the kernel may still hold that one.
         let id = self.id_for(parent, name, ident.ino, ident.shared, &kind, layer);
-        self.next_generation += 1;
-        let generation = self.next_generation;
         let node = self.nodes.entry(id).or_insert_with(|| Node {
             kind: kind.clone(),
             layer,
             names: Vec::new(),
             lookups: 0,
-            generation,
             removed: None,
         });
-        if node.removed.take().is_some() {
-            // The id (an inode number the filesystem reused) now names another file.
-            node.generation = generation;
-            node.names.clear();
-        }
         node.kind = kind;
         node.layer = layer;
         let mut dropped = Vec::new();
@@ -275,7 +272,6 @@ impl Inodes {
                         ino: id,
                         nlink: 0,
                         size: if a.is_dir() { 0 } else { a.size },
-                        generation: n.generation,
                         ..a
                     });
                 }
@@ -289,49 +285,51 @@ impl Inodes {
     /// nothing, or to a node that loses that name).
     pub fn rename(&mut self, parent: u64, name: &OsString, new_parent: u64, new_name: &OsString) {
         self.remove_name(new_parent, new_name, None);
-        if let Some(id) = self.by_name.remove(&(parent, name.clone())) {
-            if let Some(n) = self.nodes.get_mut(&id) {
-                for entry in n.names.iter_mut() {
-                    if entry.0 == parent && &entry.1 == name {
-                        *entry = (new_parent, new_name.clone());
-                    }
-                }
-            }
-            self.by_name.insert((new_parent, new_name.clone()), id);
-        }
-        let moved: Vec<_> = self
+        let taken = self.take_name(parent, name);
+        self.put_name(taken, new_parent, new_name);
+    }
+    /// The nodes behind two names swap places (`RENAME_EXCHANGE`).
+    pub fn exchange(&mut self, a_parent: u64, a_name: &OsString, b_parent: u64, b_name: &OsString) {
+        let a = self.take_name(a_parent, a_name);
+        let b = self.take_name(b_parent, b_name);
+        self.put_name(a, b_parent, b_name);
+        self.put_name(b, a_parent, a_name);
+    }
+
+    /// Detaches `name` in `parent` from what it leads to: the node (which keeps the name
+    /// in its list until [`Inodes::put_name`] renames it) and any synthetic ids of it.
+    fn take_name(&mut self, parent: u64, name: &OsString) -> TakenName {
+        let node = self.by_name.remove(&(parent, name.clone()));
+        let split: Vec<(u64, u64)> = self
             .split
             .iter()
             .filter(|((_, p, nm), _)| *p == parent && nm == name)
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|((ident, _, _), id)| (*ident, *id))
             .collect();
-        for ((ident, _, _), v) in moved {
-            self.split.remove(&(ident, parent, name.clone()));
-            self.split.insert((ident, new_parent, new_name.clone()), v);
+        for (ident, _) in &split {
+            self.split.remove(&(*ident, parent, name.clone()));
+        }
+        TakenName {
+            from: (parent, name.clone()),
+            node,
+            split,
         }
     }
 
-    /// The nodes behind two names swap places (`RENAME_EXCHANGE`).
-    pub fn exchange(&mut self, a_parent: u64, a_name: &OsString, b_parent: u64, b_name: &OsString) {
-        let a = self.by_name.remove(&(a_parent, a_name.clone()));
-        let b = self.by_name.remove(&(b_parent, b_name.clone()));
-        let put =
-            |this: &mut Self, id: Option<u64>, from: (u64, &OsString), to: (u64, &OsString)| {
-                if let Some(id) = id {
-                    if let Some(n) = this.nodes.get_mut(&id) {
-                        for e in n.names.iter_mut() {
-                            if e.0 == from.0 && &e.1 == from.1 {
-                                *e = (to.0, to.1.clone());
-                            }
-                        }
-                    }
-                    this.by_name.insert((to.0, to.1.clone()), id);
+    /// Attaches what [`Inodes::take_name`] detached under `name` in `parent`.
+    fn put_name(&mut self, taken: TakenName, parent: u64, name: &OsString) {
+        if let Some(id) = taken.node {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                for entry in n.names.iter_mut().filter(|e| **e == taken.from) {
+                    *entry = (parent, name.clone());
                 }
-            };
-        put(self, a, (a_parent, a_name), (b_parent, b_name));
-        put(self, b, (b_parent, b_name), (a_parent, a_name));
+            }
+            self.by_name.insert((parent, name.clone()), id);
+        }
+        for (ident, id) in taken.split {
+            self.split.insert((ident, parent, name.clone()), id);
+        }
     }
-
     /// The kernel forgot `n` lookups of `id`; drops the node when none remain.
     pub fn forget(&mut self, id: u64, n: u64) {
         if id == ROOT_ID {

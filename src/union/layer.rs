@@ -77,8 +77,6 @@ pub fn wh_name(name: &OsStr) -> OsString {
 #[derive(Debug)]
 pub struct Layer {
     pub root: OwnedFd,
-    pub path: PathBuf,
-    pub dev: u64,
     /// Index of this layer's filesystem among the distinct filesystems of the stack.
     fs_index: u64,
 }
@@ -134,12 +132,7 @@ impl Stack {
                     devs.len() - 1
                 }
             } as u64;
-            layers.push(Layer {
-                root,
-                path: p.to_path_buf(),
-                dev: st.st_dev,
-                fs_index,
-            });
+            layers.push(Layer { root, fs_index });
         }
         let work = match &paths.work {
             Some(w) => Some(open_root(w)?),
@@ -252,11 +245,7 @@ pub fn is_opaque(fd: BorrowedFd<'_>) -> Result<bool> {
             Err(e) => return Err(e.into()),
         }
     }
-    match sys::stat_at(fd, OsStr::from_bytes(WH_OPAQUE)) {
-        Ok(_) => Ok(true),
-        Err(rustix::io::Errno::NOENT) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    Ok(sys::exists_at(fd, OsStr::from_bytes(WH_OPAQUE))?)
 }
 
 /// Whether `.wh.NAME` exists in the directory `dir`.
@@ -264,11 +253,7 @@ pub fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
     if name.len() + WH_PREFIX.len() > 255 {
         return Ok(false);
     }
-    match sys::stat_at(dir, &wh_name(name)) {
-        Ok(_) => Ok(true),
-        Err(rustix::io::Errno::NOENT) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    Ok(sys::exists_at(dir, &wh_name(name))?)
 }
 
 #[cfg(test)]

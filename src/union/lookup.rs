@@ -160,31 +160,20 @@ impl Union {
 
     /// Records `r`, found as `name` in `parent`, in the inode table; returns its attributes.
     pub(super) fn remember(&self, parent: u64, name: &OsStr, r: Resolved, count: bool) -> Attr {
-        let merged = r.kind.dir_len() > 1;
-        let (id, generation) = {
-            let mut inodes = self.inodes.lock();
-            let id = inodes.found(
-                parent,
-                &name.to_os_string(),
-                Identity {
-                    ino: r.ident,
-                    shared: r.shared,
-                },
-                r.kind,
-                r.layer,
-                count,
-            );
-            (id, inodes.get(id).map_or(0, |n| n.generation))
+        let ident = Identity {
+            ino: r.ident,
+            shared: r.shared,
         };
-        let mut attr = Attr::from_stat(id, &r.st);
-        attr.generation = generation;
-        if merged {
-            // As kernel overlayfs: counting subdirectories of every layer is not worth it.
-            attr.nlink = 1;
-        }
-        attr
+        let id = self.inodes.lock().found(
+            parent,
+            &name.to_os_string(),
+            ident,
+            r.kind.clone(),
+            r.layer,
+            count,
+        );
+        Attr::of_node(id, &r.st, &r.kind)
     }
-
     /// Looks `name` up in directory `parent`; the kernel now holds one more reference.
     ///
     /// # Errors
@@ -208,12 +197,7 @@ impl Union {
             Err(e) => return Err(e),
         };
         let fd = self.stack.open(layer, &path, OFlags::PATH)?;
-        let st = sys::stat_fd(fd.as_fd())?;
-        let mut attr = Attr::from_stat(id, &st);
-        if kind.dir_len() > 1 {
-            attr.nlink = 1;
-        }
-        Ok(attr)
+        Ok(Attr::of_node(id, &sys::stat_fd(fd.as_fd())?, &kind))
     }
 
     pub(super) fn is_removed(&self, id: u64) -> bool {

@@ -32,7 +32,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Errno, Result};
 use crate::sys;
 pub use file::{DirHandle, OpenFile, Opened, SetAttr};
-use inode::{Inodes, NodeKind, ROOT_ID};
+use inode::{Inodes, Node, NodeKind, ROOT_ID};
 pub use layer::{LayerIdx, Stack, StackPaths};
 
 /// The longest name a directory entry may have.
@@ -42,8 +42,6 @@ pub const NAME_MAX: usize = 255;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Attr {
     pub ino: u64,
-    /// The generation of the node id (see `inode::Node::generation`).
-    pub generation: u64,
     /// The full `st_mode` (type and permission bits).
     pub mode: u32,
     pub nlink: u32,
@@ -63,7 +61,6 @@ impl Attr {
         let t = |s: i64, ns: u64| (s, u32::try_from(ns).unwrap_or(0));
         Attr {
             ino,
-            generation: 0,
             mode: st.st_mode,
             nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
             uid: st.st_uid,
@@ -76,6 +73,16 @@ impl Attr {
             mtime: t(st.st_mtime, st.st_mtime_nsec),
             ctime: t(st.st_ctime, st.st_ctime_nsec),
         }
+    }
+
+    /// The attributes of node `id`, whose visible copy has `st`.
+    fn of_node(id: u64, st: &sys::Stat, kind: &NodeKind) -> Attr {
+        let mut attr = Attr::from_stat(id, st);
+        if kind.dir_len() > 1 {
+            // As kernel overlayfs: counting subdirectories of every layer is not worth it.
+            attr.nlink = 1;
+        }
+        attr
     }
 
     pub fn is_dir(&self) -> bool {
@@ -138,7 +145,6 @@ fn is_marker(name: &OsStr) -> bool {
 
 impl Union {
     /// Serves `stack`.
-    ///
     pub fn new(stack: Stack, opts: UnionOptions) -> Union {
         // The root merges every layer (as in kernel overlayfs, a layer root is never opaque).
         let root_layers: Vec<LayerIdx> = (0..stack.len()).collect();
@@ -166,12 +172,7 @@ impl Union {
         let mut guard = 0usize;
         while cur != ROOT_ID {
             let node = inodes.get(cur).ok_or(Errno::ENOENT)?;
-            // Any name whose parent is still known will do (hard links have several).
-            let (parent, name) = node
-                .names
-                .iter()
-                .find(|(p, _)| inodes.get(*p).is_some())
-                .ok_or(Errno::ENOENT)?;
+            let (parent, name) = Self::reachable_name(inodes, node)?;
             parts.push(name);
             cur = *parent;
             guard += 1;
@@ -200,13 +201,21 @@ impl Union {
         Ok((node.layer, Self::path_of(&inodes, id)?, node.kind.clone()))
     }
 
-    /// The (parent, name) a node is reached by.
+    /// The (parent, name) a node is reached by: any name whose parent the table still
+    /// holds will do (hard links have several); `ENOENT` once it has none.
+    fn reachable_name<'a>(inodes: &Inodes, node: &'a Node) -> Result<&'a (u64, OsString)> {
+        node.names
+            .iter()
+            .find(|(p, _)| inodes.get(*p).is_some())
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// The (parent, name) node `id` is reached by (the same one [`Union::path_of`] takes).
     fn first_name(&self, id: u64) -> Result<(u64, OsString)> {
         let inodes = self.inodes.lock();
         let node = inodes.get(id).ok_or(Errno::ENOENT)?;
-        node.names.first().cloned().ok_or(Errno::ENOENT)
+        Self::reachable_name(&inodes, node).cloned()
     }
-
     /// The kernel dropped `n` references to `id`.
     pub fn forget(&self, id: u64, n: u64) {
         self.inodes.lock().forget(id, n);

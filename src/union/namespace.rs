@@ -35,10 +35,6 @@ impl Make<'_> {
     }
 }
 
-fn errno_is(e: rustix::io::Errno, list: &[rustix::io::Errno]) -> bool {
-    list.contains(&e)
-}
-
 /// A name a caller may create: not too long, and not part of the whiteout format.
 fn check_new_name(name: &OsStr) -> Result<()> {
     check_name(name)?;
@@ -92,9 +88,7 @@ impl Union {
         let tmp = self.stack.tmp_name();
         match sys::mknod_whiteout(work, &tmp) {
             Ok(()) => Ok(Some(tmp)),
-            Err(e) if errno_is(e, &[rustix::io::Errno::PERM, rustix::io::Errno::ACCESS]) => {
-                Ok(None)
-            }
+            Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

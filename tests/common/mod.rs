@@ -98,20 +98,6 @@ impl Scratch {
     pub fn mount(&self, n: usize) -> StrataMount {
         StrataMount::new(&["mount", "-o", &self.opts(n), self.mnt().to_str().unwrap()])
     }
-
-    /// Mounts kernel overlayfs with lowers `0..n` and the given upper (own work dir).
-    pub fn kernel_mount(&self, n: usize, upper: &Path) -> KernelMount {
-        let kwork = self.path("kwork");
-        let _ = fs::remove_dir_all(&kwork);
-        fs::create_dir(&kwork).unwrap();
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            self.lowerdir(n),
-            upper.display(),
-            kwork.display()
-        );
-        KernelMount::new(&opts, &self.path("kmnt"))
-    }
 }
 
 /// Runs strata with `args`; returns the output.
