@@ -1,6 +1,6 @@
 //! Error numbers: each failing operation runs on a kernel overlayfs mount of the same layers
 //! and on strata, and both must fail with the expected errno (ENOENT, EEXIST, ENOTEMPTY,
-//! ENOTDIR, EISDIR, EPERM, EROFS, EXDEV), and EACCES for another user with
+//! ENOTDIR, EISDIR, EPERM, EROFS), and EACCES for another user with
 //! default_permissions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
@@ -256,31 +256,6 @@ fn eperm() {
             ("link new dir", |m| {
                 fs::create_dir(m.join("nd"))?;
                 fs::hard_link(m.join("nd"), m.join("ndlink"))
-            }),
-        ],
-    );
-}
-
-#[test]
-fn exdev_for_directories_from_lower_layers() {
-    let s = layers();
-    expect(
-        &s,
-        2,
-        Errno::XDEV,
-        &[
-            ("rename lower dir", |m| {
-                fs::rename(m.join("emptydir"), m.join("moved"))
-            }),
-            ("rename merged dir", |m| {
-                fs::rename(m.join("dir"), m.join("moved2"))
-            }),
-            ("rename nested lower dir", |m| {
-                fs::rename(m.join("sub/deep"), m.join("deep"))
-            }),
-            ("rename lower dir after copy-up", |m| {
-                fs::write(m.join("sub/deep/new"), "n")?;
-                fs::rename(m.join("sub/deep"), m.join("sub/deeper"))
             }),
         ],
     );

@@ -1,6 +1,6 @@
 //! The on-disk format, both ways: an upper written by strata must show the same tree under
-//! the kernel's overlayfs, and an upper written by the kernel (plain options: no redirects,
-//! index, metacopy or xino) must show the same tree under strata. The lowers are in kernel
+//! the kernel's overlayfs, and an upper written by the kernel (with the options of
+//! [`KERNEL_PLAIN`]: redirects of renamed directories) must show the same tree under strata. The lowers are in kernel
 //! format only (0/0 whiteouts, `trusted.overlay.opaque`), as the kernel reads no `.wh.` files.
 //!
 //! The same sequence of changes also runs on a kernel mount of the same lowers with its own
@@ -224,6 +224,14 @@ fn changes(m: &Path) {
     // a name hidden in a lower layer made again
     fs::write(m.join("gone-in-lower0"), "back").unwrap();
     fs::create_dir(m.join("dir-gone")).unwrap();
+    // directories with lower parts renamed (redirects): to another parent, in place, and
+    // then the old name used again
+    fs::rename(m.join("var/log"), m.join("logs")).unwrap();
+    fs::write(m.join("logs/other.log"), "other v2").unwrap();
+    fs::create_dir(m.join("var/log")).unwrap();
+    fs::rename(m.join("bin"), m.join("bin2")).unwrap();
+    fs::rename(m.join("etc/old.d"), m.join("old.d")).unwrap();
+    fs::rename(m.join("old.d"), m.join("etc/old.d")).unwrap();
 }
 
 /// More changes, made on top of an upper the other side wrote.
@@ -233,7 +241,11 @@ fn more_changes(m: &Path) {
     fs::remove_dir(m.join("etc/old.d")).unwrap();
     fs::write(m.join("etc/config"), "config v4").unwrap();
     fs::write(m.join("dir-gone/inside"), "in").unwrap();
-    fs::rename(m.join("bin/tool.old"), m.join("bin/tool.older")).unwrap();
+    fs::rename(m.join("bin2/tool.old"), m.join("bin2/tool.older")).unwrap();
+    fs::rename(m.join("logs"), m.join("var/log/logs")).unwrap();
+    fs::rename(m.join("data"), m.join("var/data")).unwrap();
+    fs::write(m.join("var/data/xattr-file"), "changed below a renamed dir").unwrap();
+    fs::rename(m.join("var/data"), m.join("data")).unwrap();
     assert!(Command::new("rm")
         .arg("-rf")
         .arg(m.join("new"))
@@ -242,7 +254,13 @@ fn more_changes(m: &Path) {
         .success());
     lsetxattr(&m.join("srv/keep"), "user.again", b"1").unwrap();
     fs::remove_file(m.join("data/xattr-link")).unwrap();
-    fs::write(m.join("var/log/app.log"), "rotated\n").unwrap();
+    fs::write(m.join("var/log/logs/app.log"), "rotated\n").unwrap();
+    assert!(Command::new("rm")
+        .arg("-rf")
+        .arg(m.join("bin2"))
+        .status()
+        .unwrap()
+        .success());
     chmod(&m.join("data"), 0o711);
 }
 
@@ -251,7 +269,10 @@ fn more_changes(m: &Path) {
 fn spot_checks(m: &Path) {
     let read = |p: &str| fs::read_to_string(m.join(p)).unwrap();
     assert_eq!(read("etc/config"), "config v3");
-    assert_eq!(read("var/log/app.log"), "line 1\nline 2\n");
+    assert_eq!(read("logs/app.log"), "line 1\nline 2\n");
+    assert_eq!(read("logs/other.log"), "other v2");
+    assert_eq!(read("bin2/tool"), "tool v2");
+    assert!(names(&m.join("var/log")).is_empty());
     assert_eq!(names(&m.join("etc/old.d")), ["fresh"]);
     assert_eq!(names(&m.join("opt/app/lib")), ["liby.so"]);
     assert_eq!(read("srv/keep"), "keep v2");

@@ -525,36 +525,72 @@ fn a_dir_made_again_while_the_old_one_is_open_is_usable() {
 }
 
 #[test]
-fn rename_of_a_lower_dir_is_exdev_but_mv_works() {
+fn lower_directories_rename_like_any_other() {
     let s = Scratch::new();
     put(&s.lower(1).join("d/a"), "a");
     put(&s.lower(1).join("d/sub/b"), "b");
     put(&s.lower(0).join("d/c"), "c");
     put(&s.lower(1).join("only/x"), "x");
-    let exdev = Errno::XDEV.raw_os_error();
+    put(&s.lower(1).join("t/deep/y"), "y");
     on_kernel_then_strata(&s, 2, |m| {
-        assert_eq!(err_of(fs::rename(m.join("d"), m.join("e"))), exdev);
-        assert_eq!(err_of(fs::rename(m.join("only"), m.join("d/only"))), exdev);
-        let out = Command::new("mv")
-            .arg(m.join("d"))
-            .arg(m.join("e"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mv failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let ino = |p: &str| fs::symlink_metadata(m.join(p)).unwrap().ino();
+        let (d, only) = (ino("d"), ino("only"));
+        // A merged directory, in place; its inode number goes with it.
+        fs::rename(m.join("d"), m.join("e")).unwrap();
         assert_gone(&m.join("d"));
         assert_eq!(names(&m.join("e")), ["a", "c", "sub"]);
-        assert_eq!(read(&m.join("e/a")), "a");
         assert_eq!(read(&m.join("e/sub/b")), "b");
-        assert_eq!(read(&m.join("e/c")), "c");
-        assert_eq!(names(m), ["e", "only"]);
+        assert_eq!(ino("e"), d);
+        // A lower directory into a renamed one, and a nested one out of it.
+        fs::rename(m.join("only"), m.join("e/only")).unwrap();
+        assert_eq!(read(&m.join("e/only/x")), "x");
+        assert_eq!(ino("e/only"), only);
+        fs::rename(m.join("e/sub"), m.join("sub2")).unwrap();
+        assert_eq!(read(&m.join("sub2/b")), "b");
+        // A renamed directory renamed again, into a directory made on the mount.
+        fs::rename(m.join("e"), m.join("f")).unwrap();
+        fs::create_dir(m.join("new")).unwrap();
+        fs::rename(m.join("f"), m.join("new/f")).unwrap();
+        assert_eq!(names(&m.join("new/f")), ["a", "c", "only"]);
+        // The old name is free, and a directory made there is empty.
+        fs::create_dir(m.join("d")).unwrap();
+        assert!(names(&m.join("d")).is_empty());
+        fs::remove_dir(m.join("d")).unwrap();
+        // Back where it was, and changed there.
+        fs::rename(m.join("new/f"), m.join("d")).unwrap();
+        assert_eq!(names(&m.join("d")), ["a", "c", "only"]);
+        fs::write(m.join("d/a"), "a2").unwrap();
+        assert_eq!(read(&m.join("d/a")), "a2");
+        assert_eq!(ino("d"), d);
+        // A renamed directory removed, with everything below it.
+        fs::rename(m.join("t"), m.join("t2")).unwrap();
+        fs::remove_dir_all(m.join("t2")).unwrap();
+        assert_gone(&m.join("t"));
+        assert_eq!(names(m), ["d", "new", "sub2"]);
+        assert!(names(&m.join("new")).is_empty());
     });
+    // Strata reads its own redirects back after a remount.
     let m = s.mount(2);
-    assert_gone(&m.path("d"));
-    assert_eq!(names(&m.path("e/sub")), ["b"]);
+    assert_eq!(names(&m.mnt), ["d", "new", "sub2"]);
+    assert_eq!(names(&m.path("d")), ["a", "c", "only"]);
+    assert_eq!(read(&m.path("d/only/x")), "x");
+    assert_eq!(read(&m.path("sub2/b")), "b");
+}
+
+#[test]
+fn a_directory_moved_into_its_own_renamed_child_is_refused() {
+    let s = Scratch::new();
+    put(&s.lower(0).join("a/b/f"), "f");
+    on_kernel_then_strata(&s, 1, |m| {
+        fs::rename(m.join("a/b"), m.join("c")).unwrap();
+        assert_eq!(
+            err_of(fs::rename(m.join("a"), m.join("a/x"))),
+            Errno::INVAL.raw_os_error()
+        );
+        fs::rename(m.join("a"), m.join("c/a")).unwrap();
+        assert_eq!(names(&m.join("c")), ["a", "f"]);
+        assert!(names(&m.join("c/a")).is_empty());
+    });
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, RenameFlags};
 
-use super::inode::{NodeKind, ROOT_ID};
+use super::inode::{DirLayer, NodeKind, ROOT_ID};
 use super::layer;
 use super::Union;
 use crate::error::{Errno, Result};
@@ -36,13 +36,18 @@ impl Union {
         }
         let (parent, name) = self.first_name(id)?;
         self.copy_up(parent)?;
-        let (_, dir, _) = self.node_info(parent)?;
-        let src_dir = self.stack.open_dir(layer, &dir)?;
-        let st = sys::stat_at(src_dir.as_fd(), &name)?;
+        let dir = self.upper_path(parent)?;
+        // Where the copy comes from: below a renamed directory, not the merged path.
+        let src = self.path_in(&self.inodes.lock(), id, layer)?;
+        let src_name = src.file_name().ok_or(Errno::EINVAL)?;
+        let src_dir = self
+            .stack
+            .open_dir(layer, src.parent().unwrap_or(Path::new("")))?;
+        let st = sys::stat_at(src_dir.as_fd(), src_name)?;
         let work = self.stack.work()?;
         let tmp = self.stack.tmp_name();
         let placed = self
-            .copy_entry(src_dir.as_fd(), &name, &st, work, &tmp)
+            .copy_entry(src_dir.as_fd(), src_name, &st, work, &tmp)
             .and_then(|()| {
                 let dst_dir = self.stack.open_dir(upper, &dir)?;
                 let parent_st = sys::stat_fd(dst_dir.as_fd())?;
@@ -62,8 +67,8 @@ impl Union {
         if let Some(node) = inodes.get_mut(id) {
             node.layer = upper;
             if let NodeKind::Dir { layers } = &mut node.kind {
-                if layers.first() != Some(&upper) {
-                    layers.insert(0, upper);
+                if layers.first().map(|d| d.layer) != Some(upper) {
+                    layers.insert(0, DirLayer::upper(upper));
                 }
             }
         }

@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
 
 use super::layer::{LayerIdx, SYNTHETIC_BASE};
 use super::Attr;
@@ -17,12 +19,32 @@ use super::Attr;
 /// The node id of the mount's root directory (fixed by FUSE).
 pub const ROOT_ID: u64 = 1;
 
+/// One layer of a merged directory, and where the directory is in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirLayer {
+    pub layer: LayerIdx,
+    /// The directory's path in that layer; `None` in the upper layer, where it is always
+    /// the merged path. A lower path differs from the merged one below a renamed
+    /// directory (a redirect), and never changes: lower layers are read-only.
+    pub path: Option<Arc<Path>>,
+}
+
+impl DirLayer {
+    /// The upper layer `l`.
+    pub fn upper(l: LayerIdx) -> DirLayer {
+        DirLayer {
+            layer: l,
+            path: None,
+        }
+    }
+}
+
 /// What kind of node this is; directories know the layers they merge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeKind {
     /// A directory, with the layers (top first) where it exists as a directory; the list
     /// ends at the first opaque one.
-    Dir { layers: Vec<LayerIdx> },
+    Dir { layers: Vec<DirLayer> },
     /// Anything else; `fmt` is the `S_IFMT` bits.
     NotDir { fmt: u32 },
 }
@@ -101,12 +123,12 @@ pub struct Inodes {
 
 impl Inodes {
     /// A table holding only the root directory.
-    pub fn new(root_layers: Vec<LayerIdx>) -> Inodes {
+    pub fn new(root_layers: Vec<DirLayer>) -> Inodes {
         let mut t = Inodes {
             next_synthetic: SYNTHETIC_BASE,
             ..Default::default()
         };
-        let layer = root_layers.first().copied().unwrap_or(0);
+        let layer = root_layers.first().map_or(0, |d| d.layer);
         t.nodes.insert(
             ROOT_ID,
             Node {
@@ -364,9 +386,19 @@ mod tests {
         OsString::from(s)
     }
 
+    fn root(layers: usize) -> Vec<DirLayer> {
+        let root: Arc<Path> = Arc::from(Path::new(""));
+        (0..layers)
+            .map(|l| DirLayer {
+                layer: l,
+                path: (l > 0).then(|| Arc::clone(&root)),
+            })
+            .collect()
+    }
+
     #[test]
     fn hard_links_share_a_node_and_forget_frees_it() {
-        let mut t = Inodes::new(vec![0, 1]);
+        let mut t = Inodes::new(root(2));
         let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
         let a = t.found(
             ROOT_ID,
@@ -387,7 +419,7 @@ mod tests {
 
     #[test]
     fn copied_up_file_keeps_its_id_through_the_alias() {
-        let mut t = Inodes::new(vec![0, 1]);
+        let mut t = Inodes::new(root(2));
         let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
         let a = t.found(
             ROOT_ID,
@@ -407,7 +439,7 @@ mod tests {
 
     #[test]
     fn lower_link_of_a_copied_up_file_is_a_different_node() {
-        let mut t = Inodes::new(vec![0, 1]);
+        let mut t = Inodes::new(root(2));
         let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
         let a = t.found(
             ROOT_ID,
@@ -438,8 +470,10 @@ mod tests {
 
     #[test]
     fn a_reused_inode_number_gets_another_id_while_the_old_node_is_held() {
-        let mut t = Inodes::new(vec![0]);
-        let dir = || NodeKind::Dir { layers: vec![0] };
+        let mut t = Inodes::new(vec![DirLayer::upper(0)]);
+        let dir = || NodeKind::Dir {
+            layers: vec![DirLayer::upper(0)],
+        };
         let old = t.found(ROOT_ID, &name("d"), Identity::shared(77), dir(), 0, true);
         t.remove_name(ROOT_ID, &name("d"), Some(Attr::default()));
         let new = t.found(ROOT_ID, &name("d"), Identity::shared(77), dir(), 0, true);

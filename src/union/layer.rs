@@ -29,6 +29,12 @@ pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// The same, as the kernel writes it with `userxattr`.
 pub const OPAQUE_XATTR_USER: &str = "user.overlay.opaque";
 
+/// The kernel's xattr on a renamed directory: where its lower parts are. A single name
+/// (renamed within its parent) replaces the name looked up in the layers below; a path
+/// starting with `/` is looked up from the roots of the layers below.
+pub const REDIRECT_XATTR: &str = "trusted.overlay.redirect";
+const REDIRECT_XATTR_USER: &str = "user.overlay.redirect";
+
 const TRUSTED_OVERLAY: &[u8] = b"trusted.overlay.";
 const USER_OVERLAY: &[u8] = b"user.overlay.";
 /// Where the kernel keeps `trusted.overlay.X` set by a user: `trusted.overlay.overlay.X`.
@@ -248,6 +254,57 @@ pub fn is_opaque(fd: BorrowedFd<'_>) -> Result<bool> {
     Ok(sys::exists_at(fd, OsStr::from_bytes(WH_OPAQUE))?)
 }
 
+/// Where the layers below look for a renamed directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redirect {
+    /// Another name in the same parent directory.
+    Name(OsString),
+    /// A path from the layer roots (stored with a leading `/`).
+    Path(PathBuf),
+}
+
+impl Redirect {
+    /// Parses an xattr value; `None` unless it is a single name or a clean absolute path
+    /// (no `.`, `..` or empty components), so a redirect can never point out of a layer.
+    pub fn parse(value: &[u8]) -> Option<Redirect> {
+        let valid = |c: &[u8]| !c.is_empty() && c != b"." && c != b".." && c.len() <= 255;
+        match value.strip_prefix(b"/") {
+            Some(rest) => rest
+                .split(|b| *b == b'/')
+                .all(valid)
+                .then(|| Redirect::Path(PathBuf::from(OsStr::from_bytes(rest)))),
+            None => (valid(value) && !value.contains(&b'/'))
+                .then(|| Redirect::Name(OsStr::from_bytes(value).to_os_string())),
+        }
+    }
+
+    /// The xattr value.
+    pub fn to_value(&self) -> Vec<u8> {
+        match self {
+            Redirect::Name(n) => n.as_bytes().to_vec(),
+            Redirect::Path(p) => [b"/", p.as_os_str().as_bytes()].concat(),
+        }
+    }
+}
+
+/// The redirect of the directory `fd` (an `O_PATH` descriptor), if it has a valid one.
+pub fn redirect(fd: BorrowedFd<'_>) -> Result<Option<Redirect>> {
+    for name in [REDIRECT_XATTR, REDIRECT_XATTR_USER] {
+        match sys::xattr_get(fd, OsStr::new(name)) {
+            Ok(Some(v)) => match Redirect::parse(&v) {
+                Some(r) => return Ok(Some(r)),
+                None => log::warn!("ignoring an invalid {name}: {:?}", OsStr::from_bytes(&v)),
+            },
+            Ok(None) => {}
+            Err(rustix::io::Errno::OPNOTSUPP)
+            | Err(rustix::io::Errno::PERM)
+            | Err(rustix::io::Errno::ACCESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
 /// Whether `.wh.NAME` exists in the directory `dir`.
 pub fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
     if name.len() + WH_PREFIX.len() > 255 {
@@ -282,6 +339,30 @@ mod tests {
         );
         for n in ["user.k", "trusted.overlay.x", "trusted.overlay.overlay.y"] {
             assert_eq!(unesc(&esc(n).unwrap()).as_deref(), Some(n));
+        }
+    }
+
+    #[test]
+    fn redirects_parse_only_clean_names_and_paths() {
+        let name = |s: &str| Some(Redirect::Name(s.into()));
+        let path = |s: &str| Some(Redirect::Path(s.into()));
+        assert_eq!(Redirect::parse(b"a"), name("a"));
+        assert_eq!(Redirect::parse(b"/a/b"), path("a/b"));
+        for bad in [
+            &b""[..],
+            b"/",
+            b"a/b",
+            b"..",
+            b"/a/../b",
+            b"/a//b",
+            b"/a/",
+            b".",
+        ] {
+            assert_eq!(Redirect::parse(bad), None, "{:?}", OsStr::from_bytes(bad));
+        }
+        for r in [name("x"), path("x/y")] {
+            let r = r.unwrap();
+            assert_eq!(Redirect::parse(&r.to_value()), Some(r));
         }
     }
 }

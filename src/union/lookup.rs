@@ -12,12 +12,13 @@ use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::OFlags;
 
-use super::inode::{Identity, NodeKind, ROOT_ID};
-use super::layer::{self, LayerIdx};
+use super::inode::{DirLayer, Identity, NodeKind, ROOT_ID};
+use super::layer::{self, LayerIdx, Redirect};
 use super::{check_name, is_marker, Attr, Union};
 use crate::error::{Errno, Result};
 use crate::sys;
@@ -70,24 +71,38 @@ fn dtype_fmt(dtype: u8) -> u32 {
 }
 
 impl Union {
-    /// Resolves `name` in the directory at `dir` merged from `layers` (top first).
+    /// Resolves `name` in a directory merged from `layers` (top first, each with the
+    /// directory's path in that layer).
     pub(super) fn resolve(
         &self,
-        layers: &[LayerIdx],
-        dir: &Path,
+        layers: &[(LayerIdx, PathBuf)],
         name: &OsStr,
     ) -> Result<Option<Resolved>> {
         if is_marker(name) {
             return Ok(None);
         }
         let mut top: Option<(LayerIdx, sys::Stat)> = None;
-        let mut dir_layers = Vec::new();
+        let mut dir_layers: Vec<DirLayer> = Vec::new();
         let mut bottom_ino = 0;
-        for &l in layers {
-            let Some(dfd) = skip_missing(self.stack.open_dir(l, dir))? else {
+        // Where the layers below look: the parent's directories (`layers`), or after a
+        // redirect to a path, that path in every layer below the one holding the redirect.
+        let mut name = name.to_os_string();
+        let mut redirected: Option<(LayerIdx, PathBuf)> = None;
+        let mut i = 0;
+        loop {
+            let (l, dir) = match &redirected {
+                None => match layers.get(i) {
+                    Some((l, dir)) => (*l, dir.clone()),
+                    None => break,
+                },
+                Some((from, dir)) if from + i < self.stack.len() => (from + i, dir.clone()),
+                Some(_) => break,
+            };
+            i += 1;
+            let Some(dfd) = skip_missing(self.stack.open_dir(l, &dir))? else {
                 continue;
             };
-            match sys::stat_at(dfd.as_fd(), name) {
+            match sys::stat_at(dfd.as_fd(), &name) {
                 Ok(st) if layer::is_whiteout(&st) => break,
                 Ok(st) => {
                     if top.is_none() {
@@ -96,22 +111,37 @@ impl Union {
                     if !is_dir(&st) {
                         break;
                     }
-                    dir_layers.push(l);
-                    bottom_ino = st.st_ino;
+                    let path = dir.join(&name);
                     let child = sys::open_beneath(
                         dfd.as_fd(),
-                        Path::new(name),
+                        Path::new(&name),
                         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
                         0,
                     )?;
+                    bottom_ino = st.st_ino;
+                    dir_layers.push(DirLayer {
+                        layer: l,
+                        path: (!self.stack.is_upper(l)).then(|| Arc::from(path.as_path())),
+                    });
                     if layer::is_opaque(child.as_fd())? {
                         break;
                     }
+                    match layer::redirect(child.as_fd())? {
+                        Some(Redirect::Name(n)) => name = n,
+                        Some(Redirect::Path(p)) => {
+                            let parent = p.parent().map(Path::to_path_buf).unwrap_or_default();
+                            name = p.file_name().unwrap_or_default().to_os_string();
+                            redirected = Some((l + 1, parent));
+                            i = 0;
+                        }
+                        None => {}
+                    }
+                    continue;
                 }
                 Err(rustix::io::Errno::NOENT) => {}
                 Err(e) => return Err(e.into()),
             }
-            if layer::has_oci_whiteout(dfd.as_fd(), name)? {
+            if layer::has_oci_whiteout(dfd.as_fd(), &name)? {
                 break;
             }
         }
@@ -119,7 +149,7 @@ impl Union {
             return Ok(None);
         };
         Ok(Some(if is_dir(&st) {
-            let bottom = dir_layers.last().copied().unwrap_or(l);
+            let bottom = dir_layers.last().map_or(l, |d| d.layer);
             Resolved {
                 layer: l,
                 st,
@@ -143,19 +173,15 @@ impl Union {
 
     /// Resolves `name` in directory node `parent`.
     pub(super) fn resolve_in(&self, parent: u64, name: &OsStr) -> Result<Option<Resolved>> {
-        let (layers, dir) = self.dir_info(parent)?;
-        self.resolve(&layers, &dir, name)
+        self.resolve(&self.dir_info(parent)?, name)
     }
 
     /// Whether `name` in directory node `parent` exists in a lower layer, below the upper:
     /// removing or renaming it then needs a whiteout.
     pub(super) fn lower_has(&self, parent: u64, name: &OsStr) -> Result<bool> {
-        let (layers, dir) = self.dir_info(parent)?;
-        let lowers: Vec<LayerIdx> = layers
-            .into_iter()
-            .filter(|l| !self.stack.is_upper(*l))
-            .collect();
-        Ok(self.resolve(&lowers, &dir, name)?.is_some())
+        let mut layers = self.dir_info(parent)?;
+        layers.retain(|(l, _)| !self.stack.is_upper(*l));
+        Ok(self.resolve(&layers, name)?.is_some())
     }
 
     /// Records `r`, found as `name` in `parent`, in the inode table; returns its attributes.
@@ -238,7 +264,7 @@ impl Union {
     /// The merged listing of directory `id`, with `.` and `..` first.
     pub(super) fn list(&self, id: u64) -> Result<Vec<DirEntry>> {
         let _ns = self.ns.read();
-        let (layers, path) = match self.dir_info(id) {
+        let layers = match self.dir_info(id) {
             Ok(info) => info,
             // A removed directory that is still open lists as empty, as on any filesystem.
             Err(e) if e == Errno::ENOENT && self.is_removed(id) => return Ok(dots(id, id)),
@@ -250,7 +276,7 @@ impl Union {
             self.first_name(id).map(|(p, _)| p).unwrap_or(ROOT_ID)
         };
         let mut found = Vec::new();
-        self.merge(&layers, &path, |v| {
+        self.merge(&layers, |v| {
             found.push(v);
             ControlFlow::Continue(())
         })?;
@@ -261,7 +287,7 @@ impl Union {
                 Some(k) => k,
                 None if v.fmt == libc::S_IFDIR => {
                     // A directory's number comes from its bottom layer: resolve it fully.
-                    match self.resolve(&layers, &path, &v.name)? {
+                    match self.resolve(&layers, &v.name)? {
                         Some(r) => self.inodes.lock().peek_id(r.ident),
                         None => continue,
                     }
@@ -280,29 +306,29 @@ impl Union {
         Ok(out)
     }
 
-    /// Whether the merged directory at `path` over `layers` shows no entry at all.
-    pub(super) fn is_empty_dir(&self, layers: &[LayerIdx], path: &Path) -> Result<bool> {
+    /// Whether the directory merged from `layers` (with its path in each) shows no entry.
+    pub(super) fn is_empty_dir(&self, layers: &[(LayerIdx, PathBuf)]) -> Result<bool> {
         let mut empty = true;
-        self.merge(layers, path, |_| {
+        self.merge(layers, |_| {
             empty = false;
             ControlFlow::Break(())
         })?;
         Ok(empty)
     }
 
-    /// Walks the directory at `path` merged over `layers` (top first) and hands every
+    /// Walks the directory merged from `layers` (top first, with its path in each) and hands every
     /// visible name, in its top-most copy, to `visit` until it breaks. The rule is
     /// [`Union::resolve`]'s: whiteouts (0/0 devices, `.wh.` names) hide a name in the
     /// layers below theirs; the layer list already ends at the first opaque directory.
     fn merge(
         &self,
-        layers: &[LayerIdx],
-        path: &Path,
+        layers: &[(LayerIdx, PathBuf)],
         mut visit: impl FnMut(Visible) -> ControlFlow<()>,
     ) -> Result<()> {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut hidden: HashSet<OsString> = HashSet::new();
-        for &l in layers {
+        for (l, path) in layers {
+            let l = *l;
             let dir = self.stack.open(l, path, OFlags::RDONLY | OFlags::DIRECTORY);
             let Some(fd) = skip_missing(dir)? else {
                 continue;

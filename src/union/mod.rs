@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Errno, Result};
 use crate::sys;
 pub use file::{DirHandle, OpenFile, Opened, SetAttr};
-use inode::{Inodes, Node, NodeKind, ROOT_ID};
+use inode::{DirLayer, Inodes, Node, NodeKind, ROOT_ID};
 pub use layer::{LayerIdx, Stack, StackPaths};
 
 /// The longest name a directory entry may have.
@@ -130,6 +130,17 @@ pub struct Union {
     root: bool,
 }
 
+/// The layers of a directory with its path in each, its upper path being `merged`.
+fn layer_paths(layers: &[DirLayer], merged: &Path) -> Vec<(LayerIdx, PathBuf)> {
+    layers
+        .iter()
+        .map(|d| {
+            let path = d.path.as_deref().unwrap_or(merged);
+            (d.layer, path.to_path_buf())
+        })
+        .collect()
+}
+
 /// Refuses names the kernel's FUSE module lets through but no filesystem accepts.
 fn check_name(name: &OsStr) -> Result<()> {
     if name.len() > NAME_MAX {
@@ -147,7 +158,13 @@ impl Union {
     /// Serves `stack`.
     pub fn new(stack: Stack, opts: UnionOptions) -> Union {
         // The root merges every layer (as in kernel overlayfs, a layer root is never opaque).
-        let root_layers: Vec<LayerIdx> = (0..stack.len()).collect();
+        let root_path: Arc<Path> = Arc::from(Path::new(""));
+        let root_layers = (0..stack.len())
+            .map(|l| DirLayer {
+                layer: l,
+                path: (!stack.is_upper(l)).then(|| Arc::clone(&root_path)),
+            })
+            .collect();
         Union {
             inodes: Mutex::new(Inodes::new(root_layers)),
             stack,
@@ -165,7 +182,8 @@ impl Union {
         self.inodes.lock().len()
     }
 
-    /// The path of node `id` relative to each layer root; `ENOENT` once it was removed.
+    /// The merged path of node `id`, which is also its path in the upper layer; `ENOENT`
+    /// once it was removed.
     fn path_of(inodes: &Inodes, id: u64) -> Result<PathBuf> {
         let mut parts: Vec<&OsStr> = Vec::new();
         let mut cur = id;
@@ -183,22 +201,58 @@ impl Union {
         Ok(parts.iter().rev().collect())
     }
 
-    /// Layers and path of the directory node `id`.
-    fn dir_info(&self, id: u64) -> Result<(Vec<LayerIdx>, PathBuf)> {
+    /// The path of node `id` in layer `l`: the merged path in the upper layer; in a lower
+    /// layer, where the lookup found it (below a renamed directory, the redirect's path).
+    fn path_in(&self, inodes: &Inodes, id: u64, l: LayerIdx) -> Result<PathBuf> {
+        if self.stack.is_upper(l) {
+            return Self::path_of(inodes, id);
+        }
+        let mut tail: Vec<&OsStr> = Vec::new();
+        let mut cur = id;
+        loop {
+            let node = inodes.get(cur).ok_or(Errno::ENOENT)?;
+            if let NodeKind::Dir { layers } = &node.kind {
+                if let Some(p) = layers
+                    .iter()
+                    .find(|d| d.layer == l)
+                    .and_then(|d| d.path.as_ref())
+                {
+                    let mut path = p.to_path_buf();
+                    path.extend(tail.iter().rev());
+                    return Ok(path);
+                }
+            }
+            if cur == ROOT_ID || tail.len() > 1 << 20 {
+                return Err(Errno::ENOENT);
+            }
+            let (parent, name) = Self::reachable_name(inodes, node)?;
+            tail.push(name);
+            cur = *parent;
+        }
+    }
+
+    /// The layers of directory node `id` (top first), each with the directory's path in it.
+    fn dir_info(&self, id: u64) -> Result<Vec<(LayerIdx, PathBuf)>> {
         let inodes = self.inodes.lock();
         let node = inodes.get(id).ok_or(Errno::ENOENT)?;
         let NodeKind::Dir { layers } = &node.kind else {
             return Err(Errno::ENOTDIR);
         };
-        let layers = layers.clone();
-        Ok((layers, Self::path_of(&inodes, id)?))
+        let merged = Self::path_of(&inodes, id)?;
+        Ok(layer_paths(layers, &merged))
     }
 
-    /// Layer, path and kind of node `id`.
+    /// Layer, path in that layer, and kind of node `id`.
     fn node_info(&self, id: u64) -> Result<(LayerIdx, PathBuf, NodeKind)> {
         let inodes = self.inodes.lock();
         let node = inodes.get(id).ok_or(Errno::ENOENT)?;
-        Ok((node.layer, Self::path_of(&inodes, id)?, node.kind.clone()))
+        let path = self.path_in(&inodes, id, node.layer)?;
+        Ok((node.layer, path, node.kind.clone()))
+    }
+
+    /// The merged path of node `id` (its path in the upper layer).
+    fn upper_path(&self, id: u64) -> Result<PathBuf> {
+        Self::path_of(&self.inodes.lock(), id)
     }
 
     /// The (parent, name) a node is reached by: any name whose parent the table still

@@ -4,8 +4,9 @@
 //! is staged in the work directory and swapped in atomically (a new directory there is
 //! made opaque, so nothing of the removed one shows again). Removing an entry that also
 //! exists below leaves a whiteout: a 0/0 character device, or an OCI `.wh.NAME` file where
-//! device nodes may not be made. Renaming a directory that has lower parts returns `EXDEV`,
-//! exactly as the kernel does without `redirect_dir` (`mv` then copies).
+//! device nodes may not be made. A directory with lower parts is renamed by copying it up
+//! and recording where its lower parts are (`trusted.overlay.redirect`, the kernel's
+//! `redirect_dir` format), so renaming never fails with `EXDEV`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -13,10 +14,10 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
-use super::inode::NodeKind;
-use super::layer::{self, LayerIdx, Whiteout};
+use super::inode::{DirLayer, NodeKind};
+use super::layer::{self, LayerIdx, Redirect, Whiteout};
 use super::lookup::Resolved;
-use super::{check_name, is_marker, Attr, Creds, Union};
+use super::{check_name, is_marker, layer_paths, Attr, Creds, Union};
 use crate::error::{Errno, Result};
 use crate::sys;
 
@@ -171,7 +172,7 @@ impl Union {
             return Err(Errno::EEXIST);
         }
         self.copy_up(parent)?;
-        let (_, dir, _) = self.node_info(parent)?;
+        let dir = self.upper_path(parent)?;
         let udir = self.stack.open_dir(upper, &dir)?;
         let pst = sys::stat_fd(udir.as_fd())?;
         let sgid = pst.st_mode & libc::S_ISGID != 0;
@@ -247,7 +248,7 @@ impl Union {
         let st = sys::stat_at(udir.as_fd(), name)?;
         let kind = if make.is_dir() {
             NodeKind::Dir {
-                layers: vec![upper],
+                layers: vec![DirLayer::upper(upper)],
             }
         } else {
             NodeKind::NotDir {
@@ -358,8 +359,8 @@ impl Union {
         self.copy_up(id)?;
         self.copy_up(new_parent)?;
         let (src_parent, src_name) = self.first_name(id)?;
-        let (_, src_dir, _) = self.node_info(src_parent)?;
-        let (_, dst_dir, _) = self.node_info(new_parent)?;
+        let src_dir = self.upper_path(src_parent)?;
+        let dst_dir = self.upper_path(new_parent)?;
         let sdir = self.stack.open_dir(upper, &src_dir)?;
         let ddir = self.stack.open_dir(upper, &dst_dir)?;
         match self.upper_whiteout(ddir.as_fd(), new_name)? {
@@ -418,8 +419,8 @@ impl Union {
         let NodeKind::Dir { layers } = &r.kind else {
             return Err(Errno::ENOTDIR);
         };
-        let (_, dir, _) = self.node_info(parent)?;
-        if !self.is_empty_dir(layers, &dir.join(name))? {
+        let dir = self.upper_path(parent)?;
+        if !self.is_empty_dir(&layer_paths(layers, &dir.join(name)))? {
             return Err(Errno::ENOTEMPTY);
         }
         self.remove_entry(parent, name, &r, upper)
@@ -430,7 +431,7 @@ impl Union {
     fn remove_entry(&self, parent: u64, name: &OsStr, r: &Resolved, upper: LayerIdx) -> Result<()> {
         let needs_whiteout = self.lower_has(parent, name)?;
         self.copy_up(parent)?;
-        let (_, dir, _) = self.node_info(parent)?;
+        let dir = self.upper_path(parent)?;
         let udir = self.stack.open_dir(upper, &dir)?;
         let is_dir = matches!(r.kind, NodeKind::Dir { .. });
         if r.layer != upper {
@@ -476,10 +477,44 @@ impl Union {
         Ok(())
     }
 
+    /// Records where the lower parts of directory `r` (the upper entry `name` in `dir`,
+    /// about to be renamed) are, in the kernel's format: a redirect that already says it
+    /// is kept; otherwise the old name when it stays in its parent, else its path from
+    /// the layer roots.
+    fn set_redirect(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        r: &Resolved,
+        same_dir: bool,
+    ) -> Result<()> {
+        let child = sys::open_beneath(
+            dir,
+            Path::new(name),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+            0,
+        )?;
+        let redirect = match layer::redirect(child.as_fd())? {
+            Some(Redirect::Path(_)) => return Ok(()),
+            Some(Redirect::Name(_)) if same_dir => return Ok(()),
+            _ if same_dir => Redirect::Name(name.to_os_string()),
+            _ => {
+                let NodeKind::Dir { layers } = &r.kind else {
+                    return Err(Errno::ENOTDIR);
+                };
+                let lower = layers.iter().find_map(|d| d.path.as_deref());
+                Redirect::Path(lower.ok_or(Errno::EXDEV)?.to_path_buf())
+            }
+        };
+        let value = redirect.to_value();
+        sys::xattr_set(child.as_fd(), OsStr::new(layer::REDIRECT_XATTR), &value, 0)?;
+        Ok(())
+    }
+
     /// A directory that lives in the upper layer only (created there, or opaque).
     fn is_pure_upper(&self, r: &Resolved) -> bool {
         match &r.kind {
-            NodeKind::Dir { layers } => layers.len() == 1 && self.stack.is_upper(layers[0]),
+            NodeKind::Dir { layers } => layers.len() == 1 && self.stack.is_upper(layers[0].layer),
             NodeKind::NotDir { .. } => true,
         }
     }
@@ -529,12 +564,6 @@ impl Union {
         if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
             return Err(Errno::EEXIST);
         }
-        // As the kernel: refusing to move a directory with lower parts comes first.
-        if !self.is_pure_upper(&src)
-            || (exchange && dst.as_ref().is_some_and(|d| !self.is_pure_upper(d)))
-        {
-            return Err(Errno::EXDEV);
-        }
         let src_is_dir = matches!(src.kind, NodeKind::Dir { .. });
         if let Some(d) = &dst {
             let d_is_dir = matches!(d.kind, NodeKind::Dir { .. });
@@ -550,8 +579,8 @@ impl Union {
                     return Err(Errno::EISDIR);
                 }
                 if let NodeKind::Dir { layers } = &d.kind {
-                    let (_, pdir, _) = self.node_info(new_parent)?;
-                    if !self.is_empty_dir(layers, &pdir.join(new_name))? {
+                    let pdir = self.upper_path(new_parent)?;
+                    if !self.is_empty_dir(&layer_paths(layers, &pdir.join(new_name)))? {
                         return Err(Errno::ENOTEMPTY);
                     }
                 }
@@ -567,39 +596,46 @@ impl Union {
         }
         let src_lower = self.lower_has(parent, name)?;
         let dst_lower = self.lower_has(new_parent, new_name)?;
-        // A directory moved into a merged directory is made opaque, as the kernel does:
-        // nothing of a lower entry with its new name may ever show through it.
-        let hide_in = |dir: u64, lower: bool| -> Result<bool> {
-            Ok(lower || self.dir_info(dir)?.0.len() > 1)
-        };
-        let (_, sdir_path, _) = self.node_info(parent)?;
-        let (_, ddir_path, _) = self.node_info(new_parent)?;
+        let sdir_path = self.upper_path(parent)?;
+        let ddir_path = self.upper_path(new_parent)?;
         let sdir = self.stack.open_dir(upper, &sdir_path)?;
         let ddir = self.stack.open_dir(upper, &ddir_path)?;
         let work = self.stack.work()?;
         let (sdir, ddir) = (sdir.as_fd(), ddir.as_fd());
         let (name_os, new_name_os) = (name.to_os_string(), new_name.to_os_string());
+        let same_dir = parent == new_parent;
+        // What a directory moving from `dir` (upper fd `at`, entry `r`) into `to` needs to
+        // keep its own contents there, as the kernel does it: one with lower parts gets a
+        // redirect to them; an upper-only one moving into a merged directory is made
+        // opaque, so no lower entry of its new name ever shows through it.
+        let keep_contents =
+            |at: BorrowedFd<'_>, old: &OsStr, r: &Resolved, to: u64, lower: bool| {
+                if !matches!(r.kind, NodeKind::Dir { .. }) {
+                    return Ok(());
+                }
+                if !self.is_pure_upper(r) {
+                    return self.set_redirect(at, old, r, same_dir);
+                }
+                if lower || self.dir_info(to)?.len() > 1 {
+                    return self.set_opaque(at, old);
+                }
+                Ok(())
+            };
 
         if exchange {
+            let Some(d) = &dst else {
+                return Err(Errno::ENOENT);
+            };
+            keep_contents(sdir, name, &src, new_parent, dst_lower)?;
+            keep_contents(ddir, new_name, d, parent, src_lower)?;
             sys::rename_at(sdir, name, ddir, new_name, RenameFlags::EXCHANGE)?;
-            if src_is_dir && hide_in(new_parent, dst_lower)? {
-                self.set_opaque(ddir, new_name)?;
-            }
-            let dst_is_dir = dst
-                .as_ref()
-                .is_some_and(|d| matches!(d.kind, NodeKind::Dir { .. }));
-            if dst_is_dir && hide_in(parent, src_lower)? {
-                self.set_opaque(sdir, name)?;
-            }
             self.inodes
                 .lock()
                 .exchange(parent, &name_os, new_parent, &new_name_os);
             return Ok(());
         }
 
-        if src_is_dir && hide_in(new_parent, dst_lower)? {
-            self.set_opaque(sdir, name)?;
-        }
+        keep_contents(sdir, name, &src, new_parent, dst_lower)?;
         // An upper directory being replaced holds nothing but whiteouts: move it aside.
         let mut cleared = None;
         if dst

@@ -272,18 +272,22 @@ fn renames() {
     f.put("l1/lowerdir/x", "x");
     f.put("l1/file", "data");
     let u = f.union();
-    // A directory with lower parts: EXDEV, as the kernel without redirect_dir.
-    lookup(&u, "lowerdir").unwrap();
-    assert_eq!(
-        u.rename(
-            ROOT_ID,
-            OsStr::new("lowerdir"),
-            ROOT_ID,
-            OsStr::new("moved"),
-            0
-        ),
-        Err(Errno::EXDEV)
-    );
+    // A directory with lower parts: copied up, moved, redirected to its old name.
+    let dir = lookup(&u, "lowerdir").unwrap();
+    u.rename(
+        ROOT_ID,
+        OsStr::new("lowerdir"),
+        ROOT_ID,
+        OsStr::new("moved"),
+        0,
+    )
+    .unwrap();
+    assert!(is_whiteout(&f.p("upper/lowerdir")));
+    let mut v = [0u8; 16];
+    let n = rustix::fs::getxattr(f.p("upper/moved"), "trusted.overlay.redirect", &mut v[..]);
+    assert_eq!(&v[..n.unwrap()], b"lowerdir");
+    assert_eq!(lookup(&u, "moved").unwrap().ino, dir.ino);
+    assert_eq!(names(&u, dir.ino), vec![".", "..", "x"]);
     // A lower file: copied up, moved, and a whiteout left behind.
     lookup(&u, "file").unwrap();
     u.rename(ROOT_ID, OsStr::new("file"), ROOT_ID, OsStr::new("file2"), 0)

@@ -328,9 +328,9 @@ pub fn errno(e: &std::io::Error) -> i32 {
 // Helpers added for the mount, semantics, error and kernel-format suites.
 // ---------------------------------------------------------------------------------------------
 
-/// The options that make the kernel read and write plain overlay format (no redirects,
-/// no index, no metacopy, no xino), the format strata writes.
-pub const KERNEL_PLAIN: &str = "redirect_dir=off,index=off,metacopy=off,xino=off";
+/// The kernel overlayfs options that match what strata implements: directory renames by
+/// redirect; no index, no metacopy, no xino.
+pub const KERNEL_PLAIN: &str = "redirect_dir=on,index=off,metacopy=off,xino=off";
 
 impl Scratch {
     /// Mounts kernel overlayfs on `kmnt` with lowers `0..n`, the given upper and
