@@ -11,7 +11,7 @@ use common::*;
 use rustix::io::Errno;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, DirEntryExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -1155,4 +1155,69 @@ fn a_directory_descriptor_follows_the_copy_up_of_its_directory() {
         assert_eq!(lgetxattr(&m.join("d"), "user.k").unwrap(), b"upper");
         assert_eq!(d.metadata().unwrap().mode() & 0o7777, 0o700);
     });
+}
+
+/// The inode number of every entry below `m`, by stat and by readdir's `d_ino`, which
+/// must agree; and no two entries may share a number unless they are hard links.
+fn inode_numbers(m: &Path) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![m.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(m).unwrap().display().to_string();
+            assert_eq!(e.ino(), meta.ino(), "d_ino and st_ino of {rel}");
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+            out.insert(rel, meta.ino());
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    for (p, ino) in &out {
+        if let Some(other) = seen.insert(*ino, p) {
+            panic!("{p} and {other} share inode number {ino}");
+        }
+    }
+    out
+}
+
+#[test]
+fn inode_numbers_stay_through_copy_up_and_remount() {
+    let s = Scratch::new();
+    put(&s.lower(1).join("f"), "f");
+    put(&s.lower(1).join("d/g"), "g");
+    put(&s.lower(0).join("d/h"), "h");
+    put(&s.lower(0).join("x"), "x");
+    symlink("x", s.lower(0).join("s")).unwrap();
+    put(&s.lower(1).join("deep/er/file"), "file");
+    let before = std::sync::Mutex::new(None);
+    on_kernel_then_strata(&s, 2, |m| {
+        let first = inode_numbers(m);
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("f"))
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        fs::write(m.join("d/g"), "g2").unwrap();
+        std::os::unix::fs::lchown(m.join("s"), Some(7), None).unwrap();
+        fs::write(m.join("deep/er/file"), "file2").unwrap();
+        fs::rename(m.join("x"), m.join("d/x")).unwrap();
+        let mut after = inode_numbers(m);
+        after.insert("x".into(), after["d/x"]);
+        after.remove("d/x");
+        assert_eq!(after, first, "inode numbers after copy-up");
+        *before.lock().unwrap() = Some(after);
+    });
+    let m = s.mount(2);
+    let mut again = inode_numbers(&m.mnt);
+    again.insert("x".into(), again["d/x"]);
+    again.remove("d/x");
+    assert_eq!(
+        Some(again),
+        before.lock().unwrap().take(),
+        "after a remount"
+    );
 }

@@ -7,7 +7,7 @@
 //! layer's root descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so no
 //! symlink in a layer can lead outside it.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -136,22 +136,54 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
 /// # Errors
 /// The errno of `getxattr`, other than `ENODATA`.
 pub fn xattr_get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>, RErrno> {
-    let path = fd_path(fd);
+    read_xattr(&fd_path(fd), name, true)
+}
+
+/// The value of xattr `attr` of `path` (following a final symlink when `follow`).
+fn read_xattr(path: &CStr, attr: &OsStr, follow: bool) -> Result<Option<Vec<u8>>, RErrno> {
+    let get = |buf: &mut [u8]| {
+        if follow {
+            rustix::fs::getxattr(path, attr, buf)
+        } else {
+            rustix::fs::lgetxattr(path, attr, buf)
+        }
+    };
     let mut buf = vec![0u8; 256];
     loop {
-        match rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..]) {
+        match get(&mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(Some(buf));
             }
             Err(RErrno::NODATA) => return Ok(None),
             Err(RErrno::RANGE) => {
-                let n: usize = rustix::fs::getxattr(path.as_c_str(), name, &mut [0u8; 0][..])?;
+                let n = get(&mut [0u8; 0][..])?;
                 buf.resize(n.max(buf.len() * 2), 0);
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Safe wrapper for `lgetxattr(2)` of the entry `name` (one path component) in the
+/// directory `dir`, without following it if it is a symlink. Returns `None` when the
+/// attribute is absent.
+///
+/// # Errors
+/// The errno of `lgetxattr`, other than `ENODATA`.
+pub fn xattr_get_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    attr: &OsStr,
+) -> Result<Option<Vec<u8>>, RErrno> {
+    if name.as_bytes().contains(&b'/') || name.is_empty() {
+        return Err(RErrno::INVAL);
+    }
+    let mut path = fd_path(dir).into_bytes();
+    path.push(b'/');
+    path.extend_from_slice(name.as_bytes());
+    let path = CString::new(path).map_err(|_| RErrno::INVAL)?;
+    read_xattr(&path, attr, false)
 }
 
 /// Safe wrapper for `listxattr(2)` on the inode behind `fd`: the attribute names.
@@ -463,11 +495,7 @@ pub fn fork() -> Result<Forked, RErrno> {
     // continues with ordinary Rust code in a single-threaded process.
     let pid = unsafe { libc::fork() };
     match pid {
-        -1 => Err(RErrno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        )),
+        -1 => Err(last_errno()),
         0 => Ok(Forked::Child),
         p => Ok(Forked::Parent(p)),
     }
@@ -495,11 +523,7 @@ pub fn redirect_stdio(from: BorrowedFd<'_>, to_std: i32) -> Result<(), RErrno> {
     // other state tied to those numbers.
     let r = unsafe { libc::dup2(from.as_raw_fd(), to_std) };
     if r < 0 {
-        return Err(RErrno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ));
+        return Err(last_errno());
     }
     Ok(())
 }
@@ -611,4 +635,129 @@ pub fn mount_fuse(
 /// Safe wrapper for `geteuid(2)`.
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
+}
+
+/// A file handle (`name_to_handle_at(2)`): names an inode of a filesystem for as long as
+/// it exists, whatever its path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileHandle {
+    /// The filesystem's handle type (`FILEID_*`).
+    pub kind: i32,
+    pub bytes: Vec<u8>,
+}
+
+/// The most bytes a handle can have (`MAX_HANDLE_SZ`).
+pub const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+fn last_errno() -> RErrno {
+    RErrno::from_raw_os_error(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+/// Safe wrapper for `name_to_handle_at(2)` on the inode behind `fd` (`O_PATH` allowed).
+///
+/// # Errors
+/// The errno of the call (`EOPNOTSUPP` where the filesystem has no handles).
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> Result<FileHandle, RErrno> {
+    let mut h = RawHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is a `struct file_handle` whose `handle_bytes` says how much room
+    // follows; the path is a valid NUL-terminated empty string used with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut h as *mut RawHandle,
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(last_errno());
+    }
+    let n = (h.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok(FileHandle {
+        kind: h.handle_type,
+        bytes: h.f_handle[..n].to_vec(),
+    })
+}
+
+/// Safe wrapper for `open_by_handle_at(2)`: opens the inode `handle` names on the
+/// filesystem of `mount_fd` (an open file or directory there, not `O_PATH`; the call
+/// needs `CAP_DAC_READ_SEARCH`).
+///
+/// # Errors
+/// The errno of the call: `ESTALE` once the inode is gone, `EPERM` without the capability.
+pub fn open_by_handle(
+    mount_fd: BorrowedFd<'_>,
+    handle: &FileHandle,
+    flags: OFlags,
+) -> Result<OwnedFd, RErrno> {
+    if handle.bytes.len() > MAX_HANDLE_SZ {
+        return Err(RErrno::INVAL);
+    }
+    let mut h = RawHandle {
+        handle_bytes: handle.bytes.len() as u32,
+        handle_type: handle.kind,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    h.f_handle[..handle.bytes.len()].copy_from_slice(&handle.bytes);
+    // SAFETY: `h` is a valid `struct file_handle` with `handle_bytes` bytes of handle.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            &mut h as *mut RawHandle,
+            (flags | OFlags::CLOEXEC).bits() as libc::c_int,
+        )
+    };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    let fd = libc::c_int::try_from(r).map_err(|_| RErrno::INVAL)?;
+    // SAFETY: the call returned a new descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The UUID of the filesystem behind `fd` (`FS_IOC_GETFSUUID`; an open file or
+/// directory, not `O_PATH`), or `None` where the filesystem has none (the kernel then
+/// counts it as all zeroes).
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> Result<Option<[u8; 16]>, RErrno> {
+    /// `struct fsuuid2`.
+    #[repr(C)]
+    struct FsUuid2 {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    /// `_IOR(0x15, 0, struct fsuuid2)`.
+    const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+    let mut u = FsUuid2 {
+        len: 0,
+        uuid: [0; 16],
+    };
+    // SAFETY: FS_IOC_GETFSUUID writes at most one `struct fsuuid2` into `u`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID, &mut u as *mut FsUuid2) };
+    if r != 0 {
+        return match last_errno() {
+            RErrno::NOTTY | RErrno::INVAL | RErrno::NOSYS | RErrno::OPNOTSUPP => Ok(None),
+            e => Err(e),
+        };
+    }
+    Ok((u.len == 16).then_some(u.uuid))
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use rustix::fs::{Mode, OFlags, RenameFlags};
 
 use super::inode::{DirLayer, NodeKind, ROOT_ID};
-use super::layer;
+use super::layer::{self, LayerIdx};
 use super::Union;
 use crate::error::{Errno, Result};
 use crate::sys;
@@ -24,6 +24,17 @@ fn atime(st: &sys::Stat) -> sys::SetTime {
 
 fn mtime(st: &sys::Stat) -> sys::SetTime {
     sys::SetTime::At(st.st_mtime, st.st_mtime_nsec as i64)
+}
+
+/// Marks the upper directory `dir` as holding entries whose inode numbers come from
+/// elsewhere (best effort: it only spares the kernel work when it mounts the upper).
+pub(super) fn set_impure(dir: BorrowedFd<'_>) {
+    let name = OsStr::new(layer::IMPURE_XATTR);
+    if let Ok(None) = sys::xattr_get(dir, name) {
+        if let Err(e) = sys::xattr_set(dir, name, b"y", 0) {
+            log::debug!("cannot mark a directory impure: {e}");
+        }
+    }
 }
 
 impl Union {
@@ -47,10 +58,13 @@ impl Union {
         let work = self.stack.work()?;
         let tmp = self.stack.tmp_name();
         let placed = self
-            .copy_entry(src_dir.as_fd(), src_name, &st, work, &tmp)
-            .and_then(|()| {
+            .copy_entry(layer, src_dir.as_fd(), src_name, &st, work, &tmp)
+            .and_then(|has_origin| {
                 let dst_dir = self.stack.open_dir(upper, &dir)?;
                 let parent_st = sys::stat_fd(dst_dir.as_fd())?;
+                if has_origin {
+                    set_impure(dst_dir.as_fd());
+                }
                 sys::rename_at(work, &tmp, dst_dir.as_fd(), &name, RenameFlags::NOREPLACE)?;
                 // A copy-up does not change the parent: keep its times (as the kernel does).
                 sys::utimens_fd(dst_dir.as_fd(), atime(&parent_st), mtime(&parent_st))?;
@@ -90,15 +104,17 @@ impl Union {
         }
     }
 
-    /// Copies the entry `name` of `src_dir` (stat `st`) to `tmp` in `work`.
+    /// Copies the entry `name` of `src_dir` in layer `layer` (stat `st`) to `tmp` in
+    /// `work`; returns whether the copy records its origin.
     fn copy_entry(
         &self,
+        layer: LayerIdx,
         src_dir: BorrowedFd<'_>,
         name: &OsStr,
         st: &sys::Stat,
         work: BorrowedFd<'_>,
         tmp: &OsStr,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let fmt = st.st_mode & libc::S_IFMT;
         let src_path = Path::new(name);
         let src = sys::open_beneath(src_dir, src_path, OFlags::PATH | OFlags::NOFOLLOW, 0)?;
@@ -151,7 +167,23 @@ impl Union {
                 )?
             }
         };
-        self.copy_meta(src.as_fd(), dst.as_fd(), st)
+        self.copy_meta(src.as_fd(), dst.as_fd(), st)?;
+        // The copy remembers what it came from, so its inode number survives a remount.
+        // Not for a lower hard link: its other names keep the lower inode (the kernel's
+        // rule without an index).
+        if fmt != libc::S_IFDIR && st.st_nlink > 1 {
+            return Ok(false);
+        }
+        let Some(origin) = self.stack.origin_of(layer, src.as_fd()) else {
+            return Ok(false);
+        };
+        match sys::xattr_set(dst.as_fd(), OsStr::new(layer::ORIGIN_XATTR), &origin, 0) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                log::debug!("no origin recorded for a copy-up: {e}");
+                Ok(false)
+            }
+        }
     }
 
     /// Owner, mode, xattrs (overlay-private ones excepted) and times of `st`/`src` onto `dst`.

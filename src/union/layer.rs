@@ -85,6 +85,13 @@ pub struct Layer {
     pub root: OwnedFd,
     /// Index of this layer's filesystem among the distinct filesystems of the stack.
     fs_index: u64,
+    /// The device of that filesystem.
+    dev: u64,
+    /// Its UUID (zeroes where it has none), as origin file handles carry it.
+    uuid: [u8; 16],
+    /// An open directory on that filesystem to decode file handles with (kept by the
+    /// first layer of each filesystem only).
+    handles: Option<OwnedFd>,
 }
 
 /// The stack of layers a mount serves.
@@ -131,14 +138,27 @@ impl Stack {
             let root = open_root(p)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
             let st = sys::stat_fd(root.as_fd())?;
-            let fs_index = match devs.iter().position(|d| *d == st.st_dev) {
-                Some(i) => i,
-                None => {
-                    devs.push(st.st_dev);
-                    devs.len() - 1
-                }
-            } as u64;
-            layers.push(Layer { root, fs_index });
+            let known = devs.iter().position(|d| *d == st.st_dev);
+            let fs_index = known.unwrap_or(devs.len()) as u64;
+            let dir = rustix::fs::open(
+                p,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+            let uuid = sys::fs_uuid(dir.as_fd())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?
+                .unwrap_or_default();
+            if known.is_none() {
+                devs.push(st.st_dev);
+            }
+            layers.push(Layer {
+                root,
+                fs_index,
+                dev: st.st_dev,
+                uuid,
+                handles: known.is_none().then_some(dir),
+            });
         }
         let work = match &paths.work {
             Some(w) => Some(open_root(w)?),
@@ -217,6 +237,87 @@ impl Stack {
         let fs = self.layers[l].fs_index + 1;
         (ino < (1 << XINO_SHIFT)).then_some((fs << XINO_SHIFT) | ino)
     }
+}
+
+impl Stack {
+    /// The value of `trusted.overlay.origin` for a copy of `fd`, a file of lower layer
+    /// `l`: its file handle in the kernel's format. `None` where the filesystem has no
+    /// file handles (the copy then simply has no origin).
+    pub fn origin_of(&self, l: LayerIdx, fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
+        let handle = sys::name_to_handle(fd).ok()?;
+        encode_fh(&self.layers[l].uuid, &handle, false)
+    }
+
+    /// The inode number the mount reports for the lower file an origin xattr names, if
+    /// it can be found in a lower layer's filesystem (decoding needs root).
+    pub fn ino_of_origin(&self, value: &[u8]) -> Option<u64> {
+        let (uuid, handle) = decode_fh(value)?;
+        let first_lower = usize::from(self.has_upper);
+        for layer in self.layers.iter().filter(|l| l.uuid == uuid) {
+            let Some(mount) = &layer.handles else {
+                continue;
+            };
+            let Ok(fd) = sys::open_by_handle(mount.as_fd(), &handle, OFlags::PATH) else {
+                continue;
+            };
+            let st = sys::stat_fd(fd.as_fd()).ok()?;
+            // Only a filesystem holding a lower layer; any layer on it maps the number
+            // the same way.
+            let l = (first_lower..self.layers.len()).find(|&l| self.layers[l].dev == st.st_dev)?;
+            return self.ino_of(l, st.st_ino);
+        }
+        None
+    }
+}
+
+/// The kernel's origin xattr: the file handle of the lower inode a file was copied from.
+pub const ORIGIN_XATTR: &str = "trusted.overlay.origin";
+/// Set on an upper directory holding entries whose inode numbers come from elsewhere
+/// (copied up with an origin, or redirected): the kernel then fixes up their `d_ino`.
+pub const IMPURE_XATTR: &str = "trusted.overlay.impure";
+
+/// `struct ovl_fb`: version 0, magic 0xfb, total length, flags, handle type, then the
+/// filesystem UUID and the handle bytes.
+const FH_MAGIC: u8 = 0xfb;
+const FH_HEADER: usize = 5 + 16;
+/// The handle is of an upper inode.
+const FH_FLAG_PATH_UPPER: u8 = 1 << 2;
+/// Flags in a native little-endian handle (big-endian hosts set bit 0).
+#[cfg(target_endian = "little")]
+const FH_FLAG_CPU_ENDIAN: u8 = 0;
+#[cfg(target_endian = "big")]
+const FH_FLAG_CPU_ENDIAN: u8 = 1;
+
+/// Encodes a file handle as the kernel stores it in overlay xattrs.
+pub fn encode_fh(uuid: &[u8; 16], h: &sys::FileHandle, upper: bool) -> Option<Vec<u8>> {
+    let len = u8::try_from(FH_HEADER + h.bytes.len()).ok()?;
+    let kind = u8::try_from(h.kind).ok()?;
+    let flags = FH_FLAG_CPU_ENDIAN | if upper { FH_FLAG_PATH_UPPER } else { 0 };
+    let mut v = vec![0, FH_MAGIC, len, flags, kind];
+    v.extend_from_slice(uuid);
+    v.extend_from_slice(&h.bytes);
+    Some(v)
+}
+
+/// Decodes what [`encode_fh`] writes (and the kernel): the UUID and the handle.
+pub fn decode_fh(v: &[u8]) -> Option<([u8; 16], sys::FileHandle)> {
+    let (&[version, magic, len, flags, kind], rest) = v.split_first_chunk::<5>()?;
+    let ok = version == 0
+        && magic == FH_MAGIC
+        && usize::from(len) == v.len()
+        && v.len() > FH_HEADER
+        && flags & 1 == FH_FLAG_CPU_ENDIAN;
+    if !ok {
+        return None;
+    }
+    let (uuid, bytes) = rest.split_first_chunk::<16>()?;
+    Some((
+        *uuid,
+        sys::FileHandle {
+            kind: i32::from(kind),
+            bytes: bytes.to_vec(),
+        },
+    ))
 }
 
 /// Inode numbers of layers on different filesystems carry the filesystem index above
@@ -340,6 +441,25 @@ mod tests {
         for n in ["user.k", "trusted.overlay.x", "trusted.overlay.overlay.y"] {
             assert_eq!(unesc(&esc(n).unwrap()).as_deref(), Some(n));
         }
+    }
+
+    #[test]
+    fn file_handles_encode_as_the_kernel_writes_them() {
+        // Written by kernel 6.18 as the origin of a copied-up file on ext4.
+        let kernel = [
+            0x00, 0xfb, 0x1d, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x31,
+            0x84, 0x99, 0x00, 0x79, 0xb8, 0xc1, 0x29,
+        ];
+        let (uuid, h) = decode_fh(&kernel).unwrap();
+        assert_eq!(uuid, [0; 16]);
+        assert_eq!(h.kind, 1);
+        assert_eq!(h.bytes, [0x31, 0x84, 0x99, 0x00, 0x79, 0xb8, 0xc1, 0x29]);
+        assert_eq!(encode_fh(&uuid, &h, false).unwrap(), kernel);
+        let upper = encode_fh(&uuid, &h, true).unwrap();
+        assert_eq!(upper[3], FH_FLAG_PATH_UPPER);
+        assert_eq!(decode_fh(&upper).map(|(_, h)| h.bytes.len()), Some(8));
+        assert_eq!(decode_fh(&kernel[..20]), None);
+        assert_eq!(decode_fh(&[1, 0xfb, 5, 0, 1]), None);
     }
 
     #[test]

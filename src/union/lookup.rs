@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,6 +84,7 @@ impl Union {
         let mut top: Option<(LayerIdx, sys::Stat)> = None;
         let mut dir_layers: Vec<DirLayer> = Vec::new();
         let mut bottom_ino = 0;
+        let mut origin = None;
         // Where the layers below look: the parent's directories (`layers`), or after a
         // redirect to a path, that path in every layer below the one holding the redirect.
         let mut name = name.to_os_string();
@@ -107,6 +108,9 @@ impl Union {
                 Ok(st) => {
                     if top.is_none() {
                         top = Some((l, st));
+                        if !is_dir(&st) && self.stack.is_upper(l) {
+                            origin = self.origin_ino(dfd.as_fd(), &name);
+                        }
                     }
                     if !is_dir(&st) {
                         break;
@@ -161,7 +165,7 @@ impl Union {
             Resolved {
                 layer: l,
                 st,
-                ident: self.stack.ino_of(l, st.st_ino),
+                ident: origin.or_else(|| self.stack.ino_of(l, st.st_ino)),
                 // Lower hard links part ways on copy-up: one node per name.
                 shared: self.stack.is_upper(l) || st.st_nlink <= 1,
                 kind: NodeKind::NotDir {
@@ -169,6 +173,17 @@ impl Union {
                 },
             }
         }))
+    }
+
+    /// The inode number recorded by the origin xattr of the upper file `name` in `dir`,
+    /// if it has one that names a lower file: a copied-up file keeps the number of the
+    /// file it came from, across remounts too.
+    fn origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+        let attr = OsStr::new(layer::ORIGIN_XATTR);
+        match sys::xattr_get_at(dir, name, attr) {
+            Ok(Some(v)) => self.stack.ino_of_origin(&v),
+            Ok(None) | Err(_) => None,
+        }
     }
 
     /// Resolves `name` in directory node `parent`.
@@ -280,6 +295,15 @@ impl Union {
             found.push(v);
             ControlFlow::Continue(())
         })?;
+        // Copied-up files keep the numbers of their origins; the upper directory says
+        // (impure) whether it holds any, sparing a look at every entry otherwise.
+        let upper_dir = match layers.first() {
+            Some((l, path)) if self.stack.is_upper(*l) => Some(self.stack.open_dir(*l, path)?),
+            _ => None,
+        };
+        let impure = upper_dir.as_ref().filter(|d| {
+            matches!(sys::xattr_get(d.as_fd(), OsStr::new(layer::IMPURE_XATTR)), Ok(Some(v)) if v == b"y")
+        });
         let mut out = dots(id, parent);
         for v in found {
             let known = self.inodes.lock().child(id, &v.name);
@@ -292,10 +316,16 @@ impl Union {
                         None => continue,
                     }
                 }
-                None => self
-                    .inodes
-                    .lock()
-                    .peek_id(self.stack.ino_of(v.layer, v.ino)),
+                None => {
+                    let origin = match impure {
+                        Some(dir) if self.stack.is_upper(v.layer) => {
+                            self.origin_ino(dir.as_fd(), &v.name)
+                        }
+                        _ => None,
+                    };
+                    let ident = origin.or_else(|| self.stack.ino_of(v.layer, v.ino));
+                    self.inodes.lock().peek_id(ident)
+                }
             };
             out.push(DirEntry {
                 name: v.name,

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
+use super::copyup::set_impure;
 use super::inode::{DirLayer, NodeKind};
 use super::layer::{self, LayerIdx, Redirect, Whiteout};
 use super::lookup::Resolved;
@@ -44,6 +45,15 @@ fn check_new_name(name: &OsStr) -> Result<()> {
         return Err(Errno::EINVAL);
     }
     Ok(())
+}
+
+/// After `name` moved into `dir`: if it is a copy with an origin, marks `dir` impure, so
+/// listings of `dir` go on reporting the origin's inode number for it.
+fn keep_origin_visible(dir: BorrowedFd<'_>, name: &OsStr) {
+    let origin = sys::xattr_get_at(dir, name, OsStr::new(layer::ORIGIN_XATTR));
+    if let Ok(Some(_)) = origin {
+        set_impure(dir);
+    }
 }
 
 impl Union {
@@ -629,6 +639,8 @@ impl Union {
             keep_contents(sdir, name, &src, new_parent, dst_lower)?;
             keep_contents(ddir, new_name, d, parent, src_lower)?;
             sys::rename_at(sdir, name, ddir, new_name, RenameFlags::EXCHANGE)?;
+            keep_origin_visible(ddir, new_name);
+            keep_origin_visible(sdir, name);
             self.inodes
                 .lock()
                 .exchange(parent, &name_os, new_parent, &new_name_os);
@@ -672,6 +684,7 @@ impl Union {
         if let Some(tmp) = cleared {
             self.discard(work, &tmp);
         }
+        keep_origin_visible(ddir, new_name);
         let mut inodes = self.inodes.lock();
         if let Some(d) = &dst {
             inodes.remove_name(new_parent, &new_name_os, Some(Attr::from_stat(0, &d.st)));
