@@ -4,8 +4,9 @@
 //!   `layers/build/NAME`, with real whiteouts, opaque directories and xattrs.
 //! - `demo`: mounts the sample layers, shows the merged tree, writes and deletes through
 //!   the mount, shows the upper directory with its whiteout, and unmounts.
-//! - `test`: installs what the tests need when it is missing (Debian packages), checks
-//!   formatting and lints, runs every test, and checks no mount was left behind.
+//! - `test`: installs what the tests need when it is missing (Debian packages: fuse3,
+//!   python3, buildah, umoci), checks formatting and lints, runs every test, and checks
+//!   no mount was left behind.
 
 mod layers;
 
@@ -62,7 +63,9 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Installs Debian packages whose files are missing.
+/// Installs the Debian packages whose files are missing (without recommends: buildah's
+/// would pull in fuse-overlayfs, podman's runtimes and more); `apt-get update` only
+/// when the install fails on stale package lists.
 fn ensure_packages(wanted: &[(&str, &str)]) -> Result {
     let missing: Vec<&str> = wanted
         .iter()
@@ -80,14 +83,14 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> Result {
     eprintln!("xtask: installing {missing:?}");
     let env = [("DEBIAN_FRONTEND", "noninteractive")];
     if run(Command::new("apt-get")
-        .args(["install", "-y", "-q"])
+        .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .envs(env))
     .is_err()
     {
         run(Command::new("apt-get").args(["update", "-q"]).envs(env))?;
         run(Command::new("apt-get")
-            .args(["install", "-y", "-q"])
+            .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .envs(env))?;
     }
@@ -112,10 +115,13 @@ fn test(extra: &[String]) -> Result {
     if !Path::new("/dev/fuse").exists() {
         return Err("/dev/fuse is missing: the FUSE tests cannot run here".into());
     }
-    // mount.fuse3 for the `mount -t fuse.strata` test; python3 reads xattrs in tests.
+    // mount.fuse3 for the `mount -t fuse.strata` test; python3 reads xattrs in tests;
+    // buildah (with strata as its mount_program) and umoci for the real-client test.
     ensure_packages(&[
         ("/sbin/mount.fuse3", "fuse3"),
         ("/usr/bin/python3", "python3"),
+        ("/usr/bin/buildah", "buildah"),
+        ("/usr/bin/umoci", "umoci"),
     ])?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
