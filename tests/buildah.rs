@@ -439,7 +439,7 @@ fn change_through_mount(m: &Path) {
     fs::remove_dir(m.join("var/empty")).unwrap();
     fs::remove_file(m.join("data/link")).unwrap();
     symlink("../bin/tool", m.join("data/link")).unwrap();
-    // A lower file renamed; a lower directory moved by mv(1) (rename gives EXDEV, mv copies).
+    // A lower file renamed; a lower directory moved by mv(1) (a rename, by redirect).
     fs::rename(m.join("data/old"), m.join("data/renamed")).unwrap();
     run_ok(Command::new("mv").arg(m.join("tree")).arg(m.join("moved")));
 }
