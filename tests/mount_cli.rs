@@ -334,8 +334,8 @@ fn unknown_options_are_refused_by_name() {
     let mnt = mnt.to_str().unwrap();
     for bad in [
         "bogus",
-        "redirect_dir=on",
-        "metacopy=on",
+        "redirect_dir=off",
+        "metacopy=maybe",
         "index=off",
         "xino=auto",
         "userxattr",

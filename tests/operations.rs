@@ -661,7 +661,14 @@ fn copy_up_keeps_mode_owner_times_and_xattrs() {
             up.display()
         );
         assert_eq!(md.mtime(), 999_999_999, "{}/meta mtime", up.display());
-        assert_eq!(read(&up.join("meta")), "metadata");
+        // A metadata-only copy: the size, no data, the kernel's metacopy mark.
+        assert_eq!(md.len(), 8, "{}/meta", up.display());
+        assert!(
+            !has_data(&up.join("meta")),
+            "{}/meta has data",
+            up.display()
+        );
+        assert!(lgetxattr(&up.join("meta"), "trusted.overlay.metacopy").is_ok());
         assert_eq!(lgetxattr(&up.join("meta"), "user.k").unwrap(), b"v");
         assert_eq!(lgetxattr(&up.join("meta"), "user.k2").unwrap(), b"v2");
         assert_eq!(lgetxattr(&up.join("meta"), "user.new").unwrap(), b"n");

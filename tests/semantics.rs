@@ -1221,3 +1221,88 @@ fn inode_numbers_stay_through_copy_up_and_remount() {
         "after a remount"
     );
 }
+
+#[test]
+fn metadata_changes_copy_up_no_data() {
+    let s = Scratch::new();
+    let big: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::create_dir_all(s.lower(1).join("tree/sub")).unwrap();
+    fs::write(s.lower(1).join("big"), &big).unwrap();
+    for i in 0..20 {
+        put(
+            &s.lower(1).join(format!("tree/sub/f{i}")),
+            &format!("file {i}"),
+        );
+    }
+    put(&s.lower(0).join("small"), "small");
+    put(&s.lower(0).join("moved"), "moved data");
+    put(&s.lower(0).join("cut"), "0123456789");
+    on_kernel_then_strata(&s, 2, |m| {
+        fs::set_permissions(m.join("big"), fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::lchown(m.join("small"), Some(12), Some(34)).unwrap();
+        lsetxattr(&m.join("moved"), "user.tag", b"t").unwrap();
+        let out = Command::new("chown")
+            .args(["-R", "7:8"])
+            .arg(m.join("tree"))
+            .status()
+            .unwrap();
+        assert!(out.success());
+        // Everything reads as before.
+        assert_eq!(fs::read(m.join("big")).unwrap(), big);
+        assert_eq!(read(&m.join("tree/sub/f3")), "file 3");
+        assert_eq!(fs::metadata(m.join("tree/sub/f3")).unwrap().uid(), 7);
+        // A renamed metadata-only copy still finds its data, in place or elsewhere.
+        fs::rename(m.join("moved"), m.join("moved2")).unwrap();
+        fs::rename(m.join("moved2"), m.join("tree/moved3")).unwrap();
+        assert_eq!(read(&m.join("tree/moved3")), "moved data");
+        // The first data change copies the data: a write, a truncate.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("small"))
+            .unwrap()
+            .write_all(b"+")
+            .unwrap();
+        assert_eq!(read(&m.join("small")), "small+");
+        fs::set_permissions(m.join("cut"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("cut"))
+            .unwrap()
+            .set_len(4)
+            .unwrap();
+        assert_eq!(read(&m.join("cut")), "0123");
+        let md = fs::metadata(m.join("big")).unwrap();
+        assert_eq!((md.len(), md.mode() & 0o777), (4 << 20, 0o600));
+    });
+    for up in [s.kupper(), s.upper()] {
+        // chown -R and chmod wrote no data; the writes did.
+        for p in ["big", "tree/sub/f3", "tree/moved3"] {
+            assert!(!has_data(&up.join(p)), "{}/{p} has data", up.display());
+        }
+        assert_eq!(read(&up.join("small")), "small+");
+        assert!(lgetxattr(&up.join("big"), "trusted.overlay.metacopy").is_ok());
+        assert!(lgetxattr(&up.join("small"), "trusted.overlay.metacopy").is_err());
+    }
+    // Strata reads its metadata-only copies back, and so does the kernel.
+    let want = {
+        let m = s.mount(2);
+        assert_eq!(fs::read(m.path("big")).unwrap(), big);
+        assert_eq!(read(&m.path("tree/moved3")), "moved data");
+        tree(&m.mnt)
+    };
+    let k = s.kernel_mount_plain(2, &s.upper());
+    assert_eq!(tree(&k.mnt), want, "the kernel over strata's upper");
+}
+
+#[test]
+fn metacopy_off_copies_the_data_on_a_metadata_change() {
+    let s = Scratch::new();
+    put(&s.lower(0).join("f"), "data");
+    let opts = format!("{},metacopy=off", s.opts(1));
+    let m = StrataMount::new(&["mount", "-o", &opts, s.mnt().to_str().unwrap()]);
+    fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(read(&m.path("f")), "data");
+    drop(m);
+    assert_eq!(read(&s.upper().join("f")), "data");
+    assert!(lgetxattr(&s.upper().join("f"), "trusted.overlay.metacopy").is_err());
+}

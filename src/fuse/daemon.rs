@@ -265,7 +265,11 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
         clean_work(w)?;
     }
     let stack = Stack::open_paths(paths).map_err(io("opening the layers"))?;
-    let union = Union::new(stack, UnionOptions { fsync: !o.no_fsync });
+    let opts = UnionOptions {
+        fsync: !o.no_fsync,
+        metacopy: !o.no_metacopy,
+    };
+    let union = Union::new(stack, opts);
     let notifier = Arc::new(OnceLock::new());
     let fs = StrataFs::new(
         Arc::new(union),

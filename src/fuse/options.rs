@@ -23,6 +23,8 @@ pub struct MountOptions {
     pub read_only: bool,
     /// `volatile` or `fsync=0`: fsync becomes a no-op.
     pub no_fsync: bool,
+    /// `metacopy=off`: a metadata change copies the data up too.
+    pub no_metacopy: bool,
     /// Entry and attribute cache timeout.
     pub timeout: Option<Duration>,
     pub allow_other: Option<bool>,
@@ -129,6 +131,21 @@ impl MountOptions {
                     "0" => self.no_fsync = true,
                     "1" => self.no_fsync = false,
                     other => return Err(bad(key, format!("'{other}' is not 0 or 1"))),
+                },
+                "metacopy" => match need(key, value)? {
+                    "on" => self.no_metacopy = false,
+                    "off" => self.no_metacopy = true,
+                    other => return Err(bad(key, format!("'{other}' is not on or off"))),
+                },
+                // Renamed directories always get redirects, and redirects are followed.
+                "redirect_dir" => match need(key, value)? {
+                    "on" | "follow" => {}
+                    other => {
+                        return Err(bad(
+                            key,
+                            format!("'{other}' is not supported: strata always uses redirects"),
+                        ))
+                    }
                 },
                 "timeout" => {
                     let v = need(key, value)?;
@@ -371,6 +388,9 @@ mod tests {
         );
         assert!(parse("fsync=0").unwrap().no_fsync);
         assert!(!parse("fsync=1").unwrap().no_fsync);
+        assert!(parse("metacopy=off").unwrap().no_metacopy);
+        assert!(!parse("metacopy=on").unwrap().no_metacopy);
+        assert!(parse("redirect_dir=on,redirect_dir=follow").is_ok());
     }
 
     #[test]
@@ -384,6 +404,14 @@ mod tests {
             ),
             ("fsync=2", "mount option 'fsync': '2' is not 0 or 1"),
             (
+                "metacopy=yes",
+                "mount option 'metacopy': 'yes' is not on or off",
+            ),
+            (
+                "redirect_dir=off",
+                "mount option 'redirect_dir': 'off' is not supported: strata always uses redirects",
+            ),
+            (
                 "timeout=soon",
                 "mount option 'timeout': 'soon' is not a number of seconds",
             ),
@@ -392,7 +420,7 @@ mod tests {
                 "mount option 'timeout': '-1' is not a number of seconds",
             ),
             ("ro=1", "mount option 'ro': takes no value"),
-            ("redirect_dir=on", "unknown mount option 'redirect_dir=on'"),
+            ("index=on", "unknown mount option 'index=on'"),
         ];
         for (input, msg) in cases {
             assert_eq!(parse(input).unwrap_err().to_string(), msg, "{input}");

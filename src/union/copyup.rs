@@ -9,10 +9,11 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags, RenameFlags};
 
-use super::inode::{DirLayer, NodeKind, ROOT_ID};
+use super::inode::{DataLayer, DirLayer, NodeKind, ROOT_ID};
 use super::layer::{self, LayerIdx};
 use super::Union;
 use crate::error::{Errno, Result};
@@ -37,13 +38,44 @@ pub(super) fn set_impure(dir: BorrowedFd<'_>) {
     }
 }
 
+/// What a copy-up copies: the entry `name` of `dir` in layer `layer`, with its stat and,
+/// for a regular file whose data is copied, the open file to copy the data from.
+struct Source<'a> {
+    layer: LayerIdx,
+    dir: BorrowedFd<'a>,
+    name: &'a OsStr,
+    st: &'a sys::Stat,
+    data: Option<BorrowedFd<'a>>,
+}
+
 impl Union {
-    /// Makes sure node `id` has its own copy in the upper layer.
+    /// Makes sure node `id` has its own complete copy in the upper layer, data included
+    /// (the data of a metadata-only copy is copied now).
     pub(super) fn copy_up(&self, id: u64) -> Result<()> {
+        self.copy_up_as(id, false)
+    }
+
+    /// Makes sure node `id` has its own copy in the upper layer, for a change of its
+    /// metadata only: with `metacopy`, the data of a regular file stays where it is.
+    pub(super) fn copy_up_meta(&self, id: u64) -> Result<()> {
+        self.copy_up_as(id, self.opts.metacopy && self.root)
+    }
+
+    fn copy_up_as(&self, id: u64, meta_only: bool) -> Result<()> {
         let upper = self.stack.upper()?;
-        let layer = self.inodes.lock().get(id).ok_or(Errno::ENOENT)?.layer;
-        if layer == upper || id == ROOT_ID {
+        let (layer, data) = {
+            let inodes = self.inodes.lock();
+            let node = inodes.get(id).ok_or(Errno::ENOENT)?;
+            (node.layer, node.kind.data().cloned())
+        };
+        if id == ROOT_ID {
             return Ok(());
+        }
+        if layer == upper {
+            return match data {
+                Some(d) if !meta_only => self.copy_up_data(id, &d),
+                _ => Ok(()),
+            };
         }
         let (parent, name) = self.first_name(id)?;
         self.copy_up(parent)?;
@@ -55,21 +87,40 @@ impl Union {
             .stack
             .open_dir(layer, src.parent().unwrap_or(Path::new("")))?;
         let st = sys::stat_at(src_dir.as_fd(), src_name)?;
+        let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        // Only a file with one name can leave its data below: another name would not
+        // find it.
+        let meta_only = meta_only && is_reg && st.st_nlink == 1;
+        let data_src = match (&data, is_reg && !meta_only) {
+            (_, false) => None,
+            (Some(d), true) => Some(self.stack.open(d.layer, &d.path, OFlags::RDONLY)?),
+            (None, true) => Some(sys::open_beneath(
+                src_dir.as_fd(),
+                Path::new(src_name),
+                OFlags::RDONLY | OFlags::NOFOLLOW,
+                0,
+            )?),
+        };
         let work = self.stack.work()?;
         let tmp = self.stack.tmp_name();
-        let placed = self
-            .copy_entry(layer, src_dir.as_fd(), src_name, &st, work, &tmp)
-            .and_then(|has_origin| {
-                let dst_dir = self.stack.open_dir(upper, &dir)?;
-                let parent_st = sys::stat_fd(dst_dir.as_fd())?;
-                if has_origin {
-                    set_impure(dst_dir.as_fd());
-                }
-                sys::rename_at(work, &tmp, dst_dir.as_fd(), &name, RenameFlags::NOREPLACE)?;
-                // A copy-up does not change the parent: keep its times (as the kernel does).
-                sys::utimens_fd(dst_dir.as_fd(), atime(&parent_st), mtime(&parent_st))?;
-                Ok(sys::stat_at(dst_dir.as_fd(), &name)?)
-            });
+        let source = Source {
+            layer,
+            dir: src_dir.as_fd(),
+            name: src_name,
+            st: &st,
+            data: data_src.as_ref().map(|d| d.as_fd()),
+        };
+        let placed = self.copy_entry(&source, work, &tmp).and_then(|has_origin| {
+            let dst_dir = self.stack.open_dir(upper, &dir)?;
+            let parent_st = sys::stat_fd(dst_dir.as_fd())?;
+            if has_origin {
+                set_impure(dst_dir.as_fd());
+            }
+            sys::rename_at(work, &tmp, dst_dir.as_fd(), &name, RenameFlags::NOREPLACE)?;
+            // A copy-up does not change the parent: keep its times (as the kernel does).
+            sys::utimens_fd(dst_dir.as_fd(), atime(&parent_st), mtime(&parent_st))?;
+            Ok(sys::stat_at(dst_dir.as_fd(), &name)?)
+        });
         let new_st = match placed {
             Ok(st) => st,
             Err(e) => {
@@ -80,16 +131,56 @@ impl Union {
         let mut inodes = self.inodes.lock();
         if let Some(node) = inodes.get_mut(id) {
             node.layer = upper;
-            if let NodeKind::Dir { layers } = &mut node.kind {
-                if layers.first().map(|d| d.layer) != Some(upper) {
-                    layers.insert(0, DirLayer::upper(upper));
+            match &mut node.kind {
+                NodeKind::Dir { layers } => {
+                    if layers.first().map(|d| d.layer) != Some(upper) {
+                        layers.insert(0, DirLayer::upper(upper));
+                    }
                 }
+                NodeKind::NotDir { data, .. } if meta_only => {
+                    let here = DataLayer {
+                        layer,
+                        path: Arc::from(src.as_path()),
+                    };
+                    data.get_or_insert(here);
+                }
+                NodeKind::NotDir { data, .. } => *data = None,
             }
         }
         if let Some(ident) = self.stack.ino_of(upper, new_st.st_ino) {
             inodes.add_alias(ident, id);
         }
         drop(inodes);
+        if let Err(e) = self.repoint_handles(id) {
+            log::warn!("open handles of node {id} still read the lower file: {e}");
+        }
+        Ok(())
+    }
+
+    /// Copies the data of metadata-only copy `id` from `data` into its upper file, then
+    /// drops the metacopy mark. Readers go on reading the lower data until the copy is
+    /// complete; the file's times stay as they were.
+    fn copy_up_data(&self, id: u64, data: &DataLayer) -> Result<()> {
+        let upper = self.stack.upper()?;
+        let path = self.upper_path(id)?;
+        let dst = self.stack.open(upper, &path, OFlags::WRONLY)?;
+        let before = sys::stat_fd(dst.as_fd())?;
+        let src = self.stack.open(data.layer, &data.path, OFlags::RDONLY)?;
+        let len = u64::try_from(sys::stat_fd(src.as_fd())?.st_size).unwrap_or(0);
+        sys::copy_data(src.as_fd(), dst.as_fd(), len)?;
+        if self.opts.fsync {
+            rustix::fs::fsync(dst.as_fd())?;
+        }
+        sys::utimens_fd(dst.as_fd(), atime(&before), mtime(&before))?;
+        match sys::xattr_remove(dst.as_fd(), OsStr::new(layer::METACOPY_XATTR)) {
+            Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(node) = self.inodes.lock().get_mut(id) {
+            if let NodeKind::NotDir { data, .. } = &mut node.kind {
+                *data = None;
+            }
+        }
         if let Err(e) = self.repoint_handles(id) {
             log::warn!("open handles of node {id} still read the lower file: {e}");
         }
@@ -104,37 +195,35 @@ impl Union {
         }
     }
 
-    /// Copies the entry `name` of `src_dir` in layer `layer` (stat `st`) to `tmp` in
-    /// `work`; returns whether the copy records its origin.
-    fn copy_entry(
-        &self,
-        layer: LayerIdx,
-        src_dir: BorrowedFd<'_>,
-        name: &OsStr,
-        st: &sys::Stat,
-        work: BorrowedFd<'_>,
-        tmp: &OsStr,
-    ) -> Result<bool> {
+    /// Copies the entry `source` to `tmp` in `work`; returns whether the copy records its
+    /// origin. A regular file without `source.data` becomes a metadata-only copy.
+    fn copy_entry(&self, source: &Source<'_>, work: BorrowedFd<'_>, tmp: &OsStr) -> Result<bool> {
+        let st = source.st;
         let fmt = st.st_mode & libc::S_IFMT;
-        let src_path = Path::new(name);
-        let src = sys::open_beneath(src_dir, src_path, OFlags::PATH | OFlags::NOFOLLOW, 0)?;
+        let src_path = Path::new(source.name);
+        let src = sys::open_beneath(source.dir, src_path, OFlags::PATH | OFlags::NOFOLLOW, 0)?;
         let dst: OwnedFd = match fmt {
             libc::S_IFREG => {
-                let data =
-                    sys::open_beneath(src_dir, src_path, OFlags::RDONLY | OFlags::NOFOLLOW, 0)?;
                 let dst = rustix::fs::openat(
                     work,
                     tmp,
                     OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
-                sys::copy_data(
-                    data.as_fd(),
-                    dst.as_fd(),
-                    u64::try_from(st.st_size).unwrap_or(0),
-                )?;
-                if self.opts.fsync {
-                    rustix::fs::fsync(dst.as_fd())?;
+                let len = u64::try_from(st.st_size).unwrap_or(0);
+                match source.data {
+                    Some(data) => {
+                        sys::copy_data(data, dst.as_fd(), len)?;
+                        if self.opts.fsync {
+                            rustix::fs::fsync(dst.as_fd())?;
+                        }
+                    }
+                    None => {
+                        // Metadata only: the right size, no data, and the kernel's mark.
+                        rustix::fs::ftruncate(dst.as_fd(), len)?;
+                        let mark = OsStr::new(layer::METACOPY_XATTR);
+                        sys::xattr_set(dst.as_fd(), mark, b"", 0)?;
+                    }
                 }
                 dst
             }
@@ -168,6 +257,7 @@ impl Union {
             }
         };
         self.copy_meta(src.as_fd(), dst.as_fd(), st)?;
+        let layer = source.layer;
         // The copy remembers what it came from, so its inode number survives a remount.
         // Not for a lower hard link: its other names keep the lower inode (the kernel's
         // rule without an index).

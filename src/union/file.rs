@@ -115,7 +115,7 @@ impl Union {
         // A copy-up re-points the open handles of its file; holding the namespace lock
         // keeps one from slipping in between finding the file and registering the handle.
         let _ns = self.ns.read();
-        let (layer, path, kind) = self.node_info(id)?;
+        let (layer, path, kind) = self.data_info(id)?;
         if kind.dir_len() > 0 {
             return Err(Errno::EISDIR);
         }
@@ -173,7 +173,7 @@ impl Union {
         if files.is_empty() && dirs.is_empty() {
             return Ok(());
         }
-        let (layer, path, _) = self.node_info(id)?;
+        let (layer, path, _) = self.data_info(id)?;
         for f in files {
             if f.backing.read().0 != layer {
                 let fd = self.open_backing(layer, &path, f.flags)?;
@@ -291,6 +291,10 @@ impl Union {
         self.stack.upper()?;
         {
             let _ns = self.ns.write();
+            if set.size.is_some() && self.node_info(id).is_ok() {
+                // A size change is a data change: copy the data up too.
+                self.copy_up(id)?;
+            }
             let fd = self.node_target(id, true)?;
             if let Some(size) = set.size {
                 // Truncation needs a descriptor open for writing, not an `O_PATH` one.
@@ -328,7 +332,7 @@ impl Union {
         match self.node_info(id) {
             Ok(_) => {
                 if change {
-                    self.copy_up(id)?;
+                    self.copy_up_meta(id)?;
                 }
                 let (layer, path, _) = self.node_info(id)?;
                 self.stack.open(layer, &path, OFlags::PATH)

@@ -45,8 +45,16 @@ pub enum NodeKind {
     /// A directory, with the layers (top first) where it exists as a directory; the list
     /// ends at the first opaque one.
     Dir { layers: Vec<DirLayer> },
-    /// Anything else; `fmt` is the `S_IFMT` bits.
-    NotDir { fmt: u32 },
+    /// Anything else; `fmt` is the `S_IFMT` bits. `data` is set for a metadata-only copy
+    /// (metacopy): the upper file has the metadata, the data is still in a lower layer.
+    NotDir { fmt: u32, data: Option<DataLayer> },
+}
+
+/// Where the data of a metadata-only copy is: a lower layer and the file's path in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataLayer {
+    pub layer: LayerIdx,
+    pub path: Arc<Path>,
 }
 
 impl NodeKind {
@@ -55,6 +63,19 @@ impl NodeKind {
         match self {
             NodeKind::Dir { layers } => layers.len(),
             NodeKind::NotDir { .. } => 0,
+        }
+    }
+
+    /// A kind that is not a directory, with no data elsewhere.
+    pub fn plain(fmt: u32) -> NodeKind {
+        NodeKind::NotDir { fmt, data: None }
+    }
+
+    /// Where the data of a metadata-only copy is.
+    pub fn data(&self) -> Option<&DataLayer> {
+        match self {
+            NodeKind::NotDir { data, .. } => data.as_ref(),
+            NodeKind::Dir { .. } => None,
         }
     }
 }
@@ -399,7 +420,7 @@ mod tests {
     #[test]
     fn hard_links_share_a_node_and_forget_frees_it() {
         let mut t = Inodes::new(root(2));
-        let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
+        let kind = NodeKind::plain(libc::S_IFREG);
         let a = t.found(
             ROOT_ID,
             &name("a"),
@@ -420,7 +441,7 @@ mod tests {
     #[test]
     fn copied_up_file_keeps_its_id_through_the_alias() {
         let mut t = Inodes::new(root(2));
-        let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
+        let kind = NodeKind::plain(libc::S_IFREG);
         let a = t.found(
             ROOT_ID,
             &name("a"),
@@ -440,7 +461,7 @@ mod tests {
     #[test]
     fn lower_link_of_a_copied_up_file_is_a_different_node() {
         let mut t = Inodes::new(root(2));
-        let kind = NodeKind::NotDir { fmt: libc::S_IFREG };
+        let kind = NodeKind::plain(libc::S_IFREG);
         let a = t.found(
             ROOT_ID,
             &name("a"),

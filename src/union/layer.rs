@@ -270,6 +270,10 @@ impl Stack {
     }
 }
 
+/// The kernel's mark of a metadata-only copy: the data is in the lower file found by the
+/// same lookup (or by the file's redirect). An empty value is the plain format.
+pub const METACOPY_XATTR: &str = "trusted.overlay.metacopy";
+
 /// The kernel's origin xattr: the file handle of the lower inode a file was copied from.
 pub const ORIGIN_XATTR: &str = "trusted.overlay.origin";
 /// Set on an upper directory holding entries whose inode numbers come from elsewhere

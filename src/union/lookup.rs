@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use rustix::fs::OFlags;
 
-use super::inode::{DirLayer, Identity, NodeKind, ROOT_ID};
+use super::inode::{DataLayer, DirLayer, Identity, NodeKind, ROOT_ID};
 use super::layer::{self, LayerIdx, Redirect};
 use super::{check_name, is_marker, Attr, Union};
 use crate::error::{Errno, Result};
@@ -47,6 +47,53 @@ pub struct DirEntry {
 
 fn is_dir(st: &sys::Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn is_reg(st: &sys::Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+/// Where a lookup goes on in the layers below: the name to look for, in the parent's
+/// directories, or after a redirect to a path, in that path's directory in every layer
+/// below the one holding the redirect.
+struct Walk {
+    name: OsString,
+    /// (first layer, directory) after a redirect to a path.
+    redirected: Option<(LayerIdx, PathBuf)>,
+    /// The position in the parent's layers (or in the layers below the redirect).
+    next: usize,
+}
+
+impl Walk {
+    /// The next layer to look in and the directory there, if any is left.
+    fn next_layer(
+        &mut self,
+        layers: &[(LayerIdx, PathBuf)],
+        stack_len: usize,
+    ) -> Option<(LayerIdx, PathBuf)> {
+        let found = match &self.redirected {
+            None => layers.get(self.next).cloned(),
+            Some((from, dir)) => {
+                (from + self.next < stack_len).then(|| (from + self.next, dir.clone()))
+            }
+        };
+        self.next += 1;
+        found
+    }
+
+    /// Follows `redirect`, found in layer `l`, for the layers below.
+    fn follow(&mut self, redirect: Option<Redirect>, l: LayerIdx) {
+        match redirect {
+            Some(Redirect::Name(n)) => self.name = n,
+            Some(Redirect::Path(p)) => {
+                let parent = p.parent().map(Path::to_path_buf).unwrap_or_default();
+                self.name = p.file_name().unwrap_or_default().to_os_string();
+                self.redirected = Some((l + 1, parent));
+                self.next = 0;
+            }
+            None => {}
+        }
+    }
 }
 
 fn skip_missing<T>(r: Result<T>) -> Result<Option<T>> {
@@ -81,98 +128,145 @@ impl Union {
         if is_marker(name) {
             return Ok(None);
         }
+        let mut walk = Walk {
+            name: name.to_os_string(),
+            redirected: None,
+            next: 0,
+        };
         let mut top: Option<(LayerIdx, sys::Stat)> = None;
         let mut dir_layers: Vec<DirLayer> = Vec::new();
         let mut bottom_ino = 0;
         let mut origin = None;
-        // Where the layers below look: the parent's directories (`layers`), or after a
-        // redirect to a path, that path in every layer below the one holding the redirect.
-        let mut name = name.to_os_string();
-        let mut redirected: Option<(LayerIdx, PathBuf)> = None;
-        let mut i = 0;
-        loop {
-            let (l, dir) = match &redirected {
-                None => match layers.get(i) {
-                    Some((l, dir)) => (*l, dir.clone()),
-                    None => break,
-                },
-                Some((from, dir)) if from + i < self.stack.len() => (from + i, dir.clone()),
-                Some(_) => break,
-            };
-            i += 1;
+        // For a metadata-only copy: whether its data is still to be found, and where.
+        let mut wants_data = false;
+        let mut data: Option<(DataLayer, sys::Stat)> = None;
+        while let Some((l, dir)) = walk.next_layer(layers, self.stack.len()) {
             let Some(dfd) = skip_missing(self.stack.open_dir(l, &dir))? else {
                 continue;
             };
-            match sys::stat_at(dfd.as_fd(), &name) {
+            let dfd = dfd.as_fd();
+            let st = match sys::stat_at(dfd, &walk.name) {
                 Ok(st) if layer::is_whiteout(&st) => break,
-                Ok(st) => {
-                    if top.is_none() {
-                        top = Some((l, st));
-                        if !is_dir(&st) && self.stack.is_upper(l) {
-                            origin = self.origin_ino(dfd.as_fd(), &name);
-                        }
-                    }
-                    if !is_dir(&st) {
-                        break;
-                    }
-                    let path = dir.join(&name);
-                    let child = sys::open_beneath(
-                        dfd.as_fd(),
-                        Path::new(&name),
-                        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-                        0,
-                    )?;
-                    bottom_ino = st.st_ino;
-                    dir_layers.push(DirLayer {
-                        layer: l,
-                        path: (!self.stack.is_upper(l)).then(|| Arc::from(path.as_path())),
-                    });
-                    if layer::is_opaque(child.as_fd())? {
-                        break;
-                    }
-                    match layer::redirect(child.as_fd())? {
-                        Some(Redirect::Name(n)) => name = n,
-                        Some(Redirect::Path(p)) => {
-                            let parent = p.parent().map(Path::to_path_buf).unwrap_or_default();
-                            name = p.file_name().unwrap_or_default().to_os_string();
-                            redirected = Some((l + 1, parent));
-                            i = 0;
-                        }
-                        None => {}
-                    }
-                    continue;
-                }
-                Err(rustix::io::Errno::NOENT) => {}
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) if layer::has_oci_whiteout(dfd, &walk.name)? => break,
+                Err(rustix::io::Errno::NOENT) => continue,
                 Err(e) => return Err(e.into()),
+            };
+            let path = dir.join(&walk.name);
+            let top_is_dir = match &top {
+                Some((_, t)) => is_dir(t),
+                None => {
+                    top = Some((l, st));
+                    if !is_dir(&st) {
+                        if self.stack.is_upper(l) {
+                            origin = self.origin_ino(dfd, &walk.name);
+                        }
+                        // A metadata-only copy: its data is below (where its redirect says).
+                        wants_data = is_reg(&st) && self.is_metacopy(dfd, &walk.name)?;
+                        if !wants_data {
+                            break;
+                        }
+                        walk.follow(self.file_redirect(dfd, &walk.name)?, l);
+                        continue;
+                    }
+                    true
+                }
+            };
+            if top_is_dir {
+                if !is_dir(&st) {
+                    break;
+                }
+                let child = sys::open_beneath(
+                    dfd,
+                    Path::new(&walk.name),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                    0,
+                )?;
+                bottom_ino = st.st_ino;
+                dir_layers.push(DirLayer {
+                    layer: l,
+                    path: (!self.stack.is_upper(l)).then(|| Arc::from(path.as_path())),
+                });
+                // An OCI whiteout beside a directory makes it replace what is below.
+                if layer::is_opaque(child.as_fd())? || layer::has_oci_whiteout(dfd, &walk.name)? {
+                    break;
+                }
+                walk.follow(layer::redirect(child.as_fd())?, l);
+                continue;
             }
-            if layer::has_oci_whiteout(dfd.as_fd(), &name)? {
+            // The data of a metadata-only copy: a regular file, itself possibly one.
+            if !is_reg(&st) {
                 break;
             }
+            if self.is_metacopy(dfd, &walk.name)? {
+                walk.follow(self.file_redirect(dfd, &walk.name)?, l);
+                continue;
+            }
+            let path = Arc::from(path.as_path());
+            data = Some((DataLayer { layer: l, path }, st));
+            break;
         }
-        let Some((l, st)) = top else {
+        let Some((l, mut st)) = top else {
             return Ok(None);
         };
-        Ok(Some(if is_dir(&st) {
+        if is_dir(&st) {
             let bottom = dir_layers.last().map_or(l, |d| d.layer);
-            Resolved {
+            return Ok(Some(Resolved {
                 layer: l,
                 st,
                 ident: self.stack.ino_of(bottom, bottom_ino),
                 shared: true,
                 kind: NodeKind::Dir { layers: dir_layers },
+            }));
+        }
+        let data = match data {
+            Some((d, data_st)) => {
+                // As the kernel: the blocks are those of the data.
+                st.st_blocks = data_st.st_blocks;
+                Some(d)
             }
-        } else {
-            Resolved {
-                layer: l,
-                st,
-                ident: origin.or_else(|| self.stack.ino_of(l, st.st_ino)),
-                // Lower hard links part ways on copy-up: one node per name.
-                shared: self.stack.is_upper(l) || st.st_nlink <= 1,
-                kind: NodeKind::NotDir {
-                    fmt: st.st_mode & libc::S_IFMT,
-                },
+            None if wants_data => {
+                log::warn!("the data of metadata-only copy {name:?} is missing below it");
+                return Err(Errno::EIO);
             }
+            None => None,
+        };
+        Ok(Some(Resolved {
+            layer: l,
+            st,
+            ident: origin.or_else(|| self.stack.ino_of(l, st.st_ino)),
+            // Lower hard links part ways on copy-up: one node per name.
+            shared: self.stack.is_upper(l) || st.st_nlink <= 1,
+            kind: NodeKind::NotDir {
+                fmt: st.st_mode & libc::S_IFMT,
+                data,
+            },
         }))
+    }
+
+    /// Whether the regular file `name` in `dir` is a metadata-only copy.
+    fn is_metacopy(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+        let attr = OsStr::new(layer::METACOPY_XATTR);
+        match sys::xattr_get_at(dir, name, attr) {
+            Ok(v) => Ok(v.is_some()),
+            Err(rustix::io::Errno::OPNOTSUPP)
+            | Err(rustix::io::Errno::PERM)
+            | Err(rustix::io::Errno::ACCESS) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The redirect of the file `name` in `dir` (a renamed metadata-only copy).
+    fn file_redirect(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Redirect>> {
+        let attr = OsStr::new(layer::REDIRECT_XATTR);
+        match sys::xattr_get_at(dir, name, attr) {
+            Ok(Some(v)) => Ok(Redirect::parse(&v)),
+            Ok(None)
+            | Err(rustix::io::Errno::OPNOTSUPP)
+            | Err(rustix::io::Errno::PERM)
+            | Err(rustix::io::Errno::ACCESS) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The inode number recorded by the origin xattr of the upper file `name` in `dir`,
@@ -238,7 +332,13 @@ impl Union {
             Err(e) => return Err(e),
         };
         let fd = self.stack.open(layer, &path, OFlags::PATH)?;
-        Ok(Attr::of_node(id, &sys::stat_fd(fd.as_fd())?, &kind))
+        let mut st = sys::stat_fd(fd.as_fd())?;
+        if let Some(d) = kind.data() {
+            // A metadata-only copy has the blocks of its data, as with the kernel.
+            let data = self.stack.open(d.layer, &d.path, OFlags::PATH)?;
+            st.st_blocks = sys::stat_fd(data.as_fd())?.st_blocks;
+        }
+        Ok(Attr::of_node(id, &st, &kind))
     }
 
     pub(super) fn is_removed(&self, id: u64) -> bool {

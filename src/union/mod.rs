@@ -102,6 +102,8 @@ pub struct Creds {
 pub struct UnionOptions {
     /// Honour fsync (false with `volatile` or `fsync=0`).
     pub fsync: bool,
+    /// Copy up only the metadata of a lower file whose metadata changes (`metacopy=on`).
+    pub metacopy: bool,
 }
 
 /// Filesystem statistics, from the upper layer (or the top lower of a read-only mount).
@@ -248,6 +250,16 @@ impl Union {
         let node = inodes.get(id).ok_or(Errno::ENOENT)?;
         let path = self.path_in(&inodes, id, node.layer)?;
         Ok((node.layer, path, node.kind.clone()))
+    }
+
+    /// Where the data of node `id` is read from: its own copy, or for a metadata-only
+    /// copy the lower file; with the node's kind.
+    fn data_info(&self, id: u64) -> Result<(LayerIdx, PathBuf, NodeKind)> {
+        let (layer, path, kind) = self.node_info(id)?;
+        Ok(match kind.data() {
+            Some(d) => (d.layer, d.path.to_path_buf(), kind),
+            None => (layer, path, kind),
+        })
     }
 
     /// The merged path of node `id` (its path in the upper layer).

@@ -261,9 +261,7 @@ impl Union {
                 layers: vec![DirLayer::upper(upper)],
             }
         } else {
-            NodeKind::NotDir {
-                fmt: st.st_mode & libc::S_IFMT,
-            }
+            NodeKind::plain(st.st_mode & libc::S_IFMT)
         };
         Ok((
             Resolved {
@@ -495,26 +493,15 @@ impl Union {
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
-        r: &Resolved,
+        lower: Option<&Path>,
         same_dir: bool,
     ) -> Result<()> {
-        let child = sys::open_beneath(
-            dir,
-            Path::new(name),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-            0,
-        )?;
+        let child = sys::open_beneath(dir, Path::new(name), OFlags::PATH | OFlags::NOFOLLOW, 0)?;
         let redirect = match layer::redirect(child.as_fd())? {
             Some(Redirect::Path(_)) => return Ok(()),
             Some(Redirect::Name(_)) if same_dir => return Ok(()),
             _ if same_dir => Redirect::Name(name.to_os_string()),
-            _ => {
-                let NodeKind::Dir { layers } = &r.kind else {
-                    return Err(Errno::ENOTDIR);
-                };
-                let lower = layers.iter().find_map(|d| d.path.as_deref());
-                Redirect::Path(lower.ok_or(Errno::EXDEV)?.to_path_buf())
-            }
+            _ => Redirect::Path(lower.ok_or(Errno::EXDEV)?.to_path_buf()),
         };
         let value = redirect.to_value();
         sys::xattr_set(child.as_fd(), OsStr::new(layer::REDIRECT_XATTR), &value, 0)?;
@@ -534,10 +521,10 @@ impl Union {
     fn copy_up_entry(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<()> {
         let known = self.inodes.lock().child(parent, &name.to_os_string());
         match known {
-            Some(id) => self.copy_up(id),
+            Some(id) => self.copy_up_meta(id),
             None => {
                 let id = self.remember(parent, name, r.clone(), false).ino;
-                let res = self.copy_up(id);
+                let res = self.copy_up_meta(id);
                 self.inodes.lock().forget(id, 0);
                 res
             }
@@ -604,6 +591,12 @@ impl Union {
                 self.copy_up_entry(new_parent, new_name, d)?;
             }
         }
+        // What the copies look like now (a metadata-only copy has its data below).
+        let src = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
+        let dst = match exchange {
+            true => self.resolve_in(new_parent, new_name)?,
+            false => dst,
+        };
         let src_lower = self.lower_has(parent, name)?;
         let dst_lower = self.lower_has(new_parent, new_name)?;
         let sdir_path = self.upper_path(parent)?;
@@ -618,18 +611,21 @@ impl Union {
         // keep its own contents there, as the kernel does it: one with lower parts gets a
         // redirect to them; an upper-only one moving into a merged directory is made
         // opaque, so no lower entry of its new name ever shows through it.
+        // A metadata-only copy likewise gets a redirect to its data.
         let keep_contents =
-            |at: BorrowedFd<'_>, old: &OsStr, r: &Resolved, to: u64, lower: bool| {
-                if !matches!(r.kind, NodeKind::Dir { .. }) {
-                    return Ok(());
+            |at: BorrowedFd<'_>, old: &OsStr, r: &Resolved, to: u64, lower: bool| match &r.kind {
+                NodeKind::NotDir { data: Some(d), .. } => {
+                    self.set_redirect(at, old, Some(&d.path), same_dir)
                 }
-                if !self.is_pure_upper(r) {
-                    return self.set_redirect(at, old, r, same_dir);
+                NodeKind::NotDir { .. } => Ok(()),
+                NodeKind::Dir { layers } if !self.is_pure_upper(r) => {
+                    let lower_path = layers.iter().find_map(|d| d.path.as_deref());
+                    self.set_redirect(at, old, lower_path, same_dir)
                 }
-                if lower || self.dir_info(to)?.len() > 1 {
-                    return self.set_opaque(at, old);
+                NodeKind::Dir { .. } if lower || self.dir_info(to)?.len() > 1 => {
+                    self.set_opaque(at, old)
                 }
-                Ok(())
+                NodeKind::Dir { .. } => Ok(()),
             };
 
         if exchange {

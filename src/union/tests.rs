@@ -55,7 +55,10 @@ impl Fixture {
         };
         Union::new(
             Stack::open_paths(&paths).unwrap(),
-            UnionOptions { fsync: false },
+            UnionOptions {
+                fsync: false,
+                metacopy: true,
+            },
         )
     }
 }
@@ -359,7 +362,10 @@ fn read_only_stack_refuses_writes() {
     };
     let u = Union::new(
         Stack::open_paths(&paths).unwrap(),
-        UnionOptions { fsync: true },
+        UnionOptions {
+            fsync: true,
+            metacopy: true,
+        },
     );
     let a = lookup(&u, "a").unwrap();
     assert_eq!(u.open(a.ino, libc::O_WRONLY), Err(Errno::EROFS));

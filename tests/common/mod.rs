@@ -329,8 +329,8 @@ pub fn errno(e: &std::io::Error) -> i32 {
 // ---------------------------------------------------------------------------------------------
 
 /// The kernel overlayfs options that match what strata implements: directory renames by
-/// redirect; no index, no metacopy, no xino.
-pub const KERNEL_PLAIN: &str = "redirect_dir=on,index=off,metacopy=off,xino=off";
+/// redirect, metadata-only copy-up; no index, no xino.
+pub const KERNEL_PLAIN: &str = "redirect_dir=on,index=off,metacopy=on,xino=off";
 
 impl Scratch {
     /// Mounts kernel overlayfs on `kmnt` with lowers `0..n`, the given upper and
@@ -602,4 +602,15 @@ pub fn on_kernel_then_strata(s: &Scratch, n: usize, check: impl Fn(&Path)) {
     let m = s.mount(n);
     eprintln!("--- checking strata at {}", m.mnt.display());
     check(&m.mnt);
+}
+
+/// Whether the file at `p` has any data extent (a metadata-only copy has none; its
+/// xattrs may still take a block, so `st_blocks` does not tell).
+pub fn has_data(p: &Path) -> bool {
+    let f = fs::File::open(p).unwrap();
+    match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(0)) {
+        Ok(_) => true,
+        Err(rustix::io::Errno::NXIO) => false,
+        Err(e) => panic!("SEEK_DATA on {}: {e}", p.display()),
+    }
 }
