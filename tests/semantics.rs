@@ -138,9 +138,16 @@ fn oci_whiteouts_in_lowers_hide_names() {
     put(&s.lower(0).join("d/.wh.x"), "");
     put(&s.lower(0).join(".wh.dd"), "");
     put(&s.lower(0).join("new"), "n");
+    // A directory beside its own whiteout replaces the one below (as `docker` writes a
+    // directory deleted and made again).
+    put(&s.lower(1).join("re/old"), "old");
+    put(&s.lower(0).join("re/fresh"), "fresh");
+    put(&s.lower(0).join(".wh.re"), "");
     let m = s.mount(2);
-    assert_eq!(names(&m.mnt), ["d", "keep", "new"]);
+    assert_eq!(names(&m.mnt), ["d", "keep", "new", "re"]);
     assert_eq!(names(&m.path("d")), ["y"]);
+    assert_eq!(names(&m.path("re")), ["fresh"]);
+    assert_gone(&m.path("re/old"));
     for gone in ["f", "d/x", "dd", "dd/z", ".wh.f", "d/.wh.x", ".wh.dd"] {
         assert_gone(&m.path(gone));
     }
