@@ -336,7 +336,7 @@ fn unknown_options_are_refused_by_name() {
         "bogus",
         "redirect_dir=off",
         "metacopy=maybe",
-        "index=off",
+        "index=maybe",
         "xino=auto",
         "userxattr",
         "nfs_export=on",

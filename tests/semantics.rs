@@ -933,28 +933,70 @@ fn a_reader_of_a_lower_file_follows_its_copy_up_even_after_unlink() {
 }
 
 #[test]
-fn lower_hard_links_part_ways_on_copy_up_as_with_the_kernel() {
+fn lower_hard_links_stay_one_file_through_copy_up() {
     let s = Scratch::new();
-    put(&s.lower(0).join("a"), "old\n");
-    fs::hard_link(s.lower(0).join("a"), s.lower(0).join("b")).unwrap();
-    on_kernel_then_strata(&s, 1, |m| {
-        fs::metadata(m.join("a")).unwrap();
+    put(&s.lower(1).join("d/a"), "old\n");
+    for n in ["d/b", "c"] {
+        fs::hard_link(s.lower(1).join("d/a"), s.lower(1).join(n)).unwrap();
+    }
+    put(&s.lower(0).join("d/top"), "top");
+    let seen = std::sync::Mutex::new(None);
+    on_kernel_then_strata(&s, 2, |m| {
+        let stat = |p: &str| fs::symlink_metadata(m.join(p)).unwrap();
+        let ino = stat("d/a").ino();
+        assert_eq!((stat("d/b").ino(), stat("c").ino()), (ino, ino));
+        assert_eq!(stat("c").nlink(), 3);
+        // A write through one name: every name shows it.
         fs::OpenOptions::new()
             .append(true)
-            .open(m.join("b"))
+            .open(m.join("d/b"))
             .unwrap()
             .write_all(b"new\n")
             .unwrap();
-        assert_eq!(fs::read_to_string(m.join("a")).unwrap(), "old\n");
-        assert_eq!(fs::read_to_string(m.join("b")).unwrap(), "old\nnew\n");
-        assert_eq!(fs::metadata(m.join("a")).unwrap().nlink(), 2);
-        assert_eq!(fs::metadata(m.join("b")).unwrap().nlink(), 1);
+        for p in ["d/a", "d/b", "c"] {
+            assert_eq!(read(&m.join(p)), "old\nnew\n", "{p}");
+            assert_eq!((stat(p).ino(), stat(p).nlink()), (ino, 3), "{p}");
+        }
+        for e in fs::read_dir(m).unwrap().chain(fs::read_dir(m.join("d")).unwrap()) {
+            let e = e.unwrap();
+            if ["a", "b", "c"].contains(&e.file_name().to_str().unwrap()) {
+                assert_eq!(e.ino(), ino, "d_ino of {:?}", e.path());
+            }
+        }
+        // Names come and go; the count follows.
+        fs::remove_file(m.join("c")).unwrap();
+        assert_eq!(stat("d/a").nlink(), 2);
+        fs::hard_link(m.join("d/a"), m.join("e")).unwrap();
+        fs::rename(m.join("d/b"), m.join("b2")).unwrap();
+        for p in ["d/a", "b2", "e"] {
+            assert_eq!((stat(p).ino(), stat(p).nlink()), (ino, 3), "{p}");
+        }
+        std::os::unix::fs::lchown(m.join("e"), Some(5), Some(6)).unwrap();
+        assert_eq!(stat("d/a").uid(), 5);
+        *seen.lock().unwrap() = Some(ino);
     });
-    assert!(s.upper().join("b").exists());
-    assert!(
-        !s.upper().join("a").exists(),
-        "the name written through is the one copied up"
-    );
+    let ino = seen.lock().unwrap().take().unwrap();
+    // After a remount, strata and the kernel (index=on) read strata's upper the same.
+    for kernel in [false, true] {
+        let (_m, _k);
+        let root = if kernel {
+            _k = s.kernel_mount_with_work(2, &s.upper(), &s.work());
+            _k.mnt.clone()
+        } else {
+            _m = s.mount(2);
+            _m.mnt.clone()
+        };
+        for p in ["d/a", "b2", "e"] {
+            let md = fs::symlink_metadata(root.join(p)).unwrap();
+            assert_eq!(read(&root.join(p)), "old\nnew\n", "{p}, kernel: {kernel}");
+            assert_eq!(
+                (md.ino(), md.nlink(), md.uid()),
+                (ino, 3, 5),
+                "{p}, kernel: {kernel}"
+            );
+        }
+        assert!(!root.join("c").exists());
+    }
 }
 
 #[test]
@@ -1069,7 +1111,7 @@ fn a_directory_moved_into_a_merged_directory_is_made_opaque_as_by_the_kernel() {
 }
 
 #[test]
-fn opening_a_lower_hard_link_for_writing_shows_its_new_link_count() {
+fn opening_a_lower_hard_link_for_writing_keeps_its_link_count() {
     let s = Scratch::new();
     put(&s.lower(0).join("a"), "x");
     fs::hard_link(s.lower(0).join("a"), s.lower(0).join("b")).unwrap();
@@ -1081,7 +1123,8 @@ fn opening_a_lower_hard_link_for_writing_shows_its_new_link_count() {
                 .open(m.join("a"))
                 .unwrap(),
         );
-        assert_eq!(fs::metadata(m.join("a")).unwrap().nlink(), 1);
+        assert_eq!(fs::metadata(m.join("a")).unwrap().nlink(), 2);
+        assert_eq!(fs::metadata(m.join("b")).unwrap().nlink(), 2);
     });
 }
 

@@ -268,6 +268,7 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
     let opts = UnionOptions {
         fsync: !o.no_fsync,
         metacopy: !o.no_metacopy,
+        index: !o.no_index,
     };
     let union = Union::new(stack, opts);
     let notifier = Arc::new(OnceLock::new());

@@ -25,6 +25,8 @@ pub struct MountOptions {
     pub no_fsync: bool,
     /// `metacopy=off`: a metadata change copies the data up too.
     pub no_metacopy: bool,
+    /// `index=off`: the names of a lower hard link part ways on copy-up.
+    pub no_index: bool,
     /// Entry and attribute cache timeout.
     pub timeout: Option<Duration>,
     pub allow_other: Option<bool>,
@@ -131,6 +133,11 @@ impl MountOptions {
                     "0" => self.no_fsync = true,
                     "1" => self.no_fsync = false,
                     other => return Err(bad(key, format!("'{other}' is not 0 or 1"))),
+                },
+                "index" => match need(key, value)? {
+                    "on" => self.no_index = false,
+                    "off" => self.no_index = true,
+                    other => return Err(bad(key, format!("'{other}' is not on or off"))),
                 },
                 "metacopy" => match need(key, value)? {
                     "on" => self.no_metacopy = false,
@@ -314,8 +321,7 @@ fn check_placement(
     Ok(())
 }
 
-/// The names a work directory may hold: kernel overlayfs's own (empty) `work` and
-/// `index` directories, and strata's leftovers from an interrupted run.
+/// Strata's leftovers from an interrupted run in a work directory (cleared at mount).
 pub fn is_work_leftover(name: &OsStr) -> bool {
     use std::os::unix::ffi::OsStrExt;
     name.as_bytes().starts_with(b"#strata.")
@@ -326,11 +332,12 @@ fn check_work_empty(work: &Path) -> Result<(), MountError> {
     for e in entries {
         let e = e.map_err(|e| path_err("workdir", work, &e.to_string()))?;
         let name = e.file_name();
-        let kernel_own = (name == "work" || name == "index")
-            && e.path()
-                .read_dir()
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false);
+        // The kernel's own staging directory, empty, and the hard-link index (shared by
+        // the kernel and strata).
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let kernel_own = is_dir
+            && (name == "index"
+                || (name == "work" && e.path().read_dir().is_ok_and(|mut d| d.next().is_none())));
         if !kernel_own && !is_work_leftover(&name) {
             return Err(path_err(
                 "workdir",
@@ -391,6 +398,7 @@ mod tests {
         assert!(parse("metacopy=off").unwrap().no_metacopy);
         assert!(!parse("metacopy=on").unwrap().no_metacopy);
         assert!(parse("redirect_dir=on,redirect_dir=follow").is_ok());
+        assert!(parse("index=off").unwrap().no_index);
     }
 
     #[test]
@@ -420,7 +428,7 @@ mod tests {
                 "mount option 'timeout': '-1' is not a number of seconds",
             ),
             ("ro=1", "mount option 'ro': takes no value"),
-            ("index=on", "unknown mount option 'index=on'"),
+            ("xino=on", "unknown mount option 'xino=on'"),
         ];
         for (input, msg) in cases {
             assert_eq!(parse(input).unwrap_err().to_string(), msg, "{input}");

@@ -6,7 +6,7 @@
 //! renamed into place with `RENAME_NOREPLACE`, so no reader ever sees a partial file.
 //! Parents are copied up first. Callers hold the namespace lock for writing.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use rustix::fs::{Mode, OFlags, RenameFlags};
 
 use super::inode::{DataLayer, DirLayer, NodeKind, ROOT_ID};
 use super::layer::{self, LayerIdx};
+use super::lookup::Resolved;
 use super::Union;
 use crate::error::{Errno, Result};
 use crate::sys;
@@ -87,6 +88,21 @@ impl Union {
             .stack
             .open_dir(layer, src.parent().unwrap_or(Path::new("")))?;
         let st = sys::stat_at(src_dir.as_fd(), src_name)?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if !is_dir && st.st_nlink > 1 && self.indexing() {
+            // A lower hard link: one copy in the index, linked to by its names.
+            let key = sys::open_beneath(
+                src_dir.as_fd(),
+                Path::new(src_name),
+                OFlags::PATH | OFlags::NOFOLLOW,
+                0,
+            )
+            .ok()
+            .and_then(|fd| self.stack.index_name(layer, fd.as_fd()));
+            if let Some(key) = key {
+                return self.copy_up_indexed(id, layer, &key, src_dir.as_fd(), src_name, &st);
+            }
+        }
         let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         // Only a file with one name can leave its data below: another name would not
         // find it.
@@ -155,6 +171,130 @@ impl Union {
             log::warn!("open handles of node {id} still read the lower file: {e}");
         }
         Ok(())
+    }
+
+    /// Copies up node `id`, a lower hard link (the entry `name` of `src_dir` in layer
+    /// `layer`), the kernel's way with `index=on`: its one copy is the index entry `key`
+    /// (made now unless another name made it), and every name the node is known by is
+    /// linked to it. The nlink xattr keeps the count of names through the mount.
+    fn copy_up_indexed(
+        &self,
+        id: u64,
+        layer: LayerIdx,
+        key: &OsStr,
+        src_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &sys::Stat,
+    ) -> Result<()> {
+        let upper = self.stack.upper()?;
+        let index = self.stack.index_dir(true)?.ok_or(Errno::EROFS)?;
+        let nlink_attr = OsStr::new(layer::NLINK_XATTR);
+        // The count of names through the mount: what the entry says, or the lower's.
+        let nlink = match sys::stat_at(index, key) {
+            Ok(ist) => {
+                let entry = sys::open_beneath(index, Path::new(key), OFlags::PATH, 0)?;
+                sys::xattr_get(entry.as_fd(), nlink_attr)?
+                    .and_then(|v| layer::overlay_nlink(&v, ist.st_nlink, Some(st.st_nlink)))
+                    .unwrap_or(st.st_nlink)
+            }
+            Err(rustix::io::Errno::NOENT) => {
+                let data = match st.st_mode & libc::S_IFMT {
+                    libc::S_IFREG => Some(sys::open_beneath(
+                        src_dir,
+                        Path::new(name),
+                        OFlags::RDONLY | OFlags::NOFOLLOW,
+                        0,
+                    )?),
+                    _ => None,
+                };
+                let source = Source {
+                    layer,
+                    dir: src_dir,
+                    name,
+                    st,
+                    data: data.as_ref().map(|d| d.as_fd()),
+                };
+                let work = self.stack.work()?;
+                let tmp = self.stack.tmp_name();
+                let placed = self.copy_entry(&source, work, &tmp).and_then(|_| {
+                    Ok(sys::rename_at(
+                        work,
+                        &tmp,
+                        index,
+                        key,
+                        RenameFlags::NOREPLACE,
+                    )?)
+                });
+                if let Err(e) = placed {
+                    self.discard(work, &tmp);
+                    return Err(e);
+                }
+                st.st_nlink
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let names = self
+            .inodes
+            .lock()
+            .get(id)
+            .map(|n| n.names.clone())
+            .unwrap_or_default();
+        self.link_to_index(key, &names, nlink)?;
+        if let Some(node) = self.inodes.lock().get_mut(id) {
+            node.layer = upper;
+        }
+        if let Err(e) = self.repoint_handles(id) {
+            log::warn!("open handles of node {id} still read the lower file: {e}");
+        }
+        Ok(())
+    }
+
+    /// Links the names `names` (parent, name) to index entry `key` in the upper layer,
+    /// and records that the file has `nlink` names through the mount.
+    fn link_to_index(&self, key: &OsStr, names: &[(u64, OsString)], nlink: u64) -> Result<()> {
+        let upper = self.stack.upper()?;
+        let index = self.stack.index_dir(true)?.ok_or(Errno::EROFS)?;
+        for (parent, n) in names {
+            self.copy_up(*parent)?;
+            let dir = self.stack.open_dir(upper, &self.upper_path(*parent)?)?;
+            let parent_st = sys::stat_fd(dir.as_fd())?;
+            rustix::fs::linkat(index, key, dir.as_fd(), n, rustix::fs::AtFlags::empty())?;
+            set_impure(dir.as_fd());
+            sys::utimens_fd(dir.as_fd(), atime(&parent_st), mtime(&parent_st))?;
+        }
+        let entry = sys::open_beneath(index, Path::new(key), OFlags::PATH, 0)?;
+        let upper_links = sys::stat_fd(entry.as_fd())?.st_nlink;
+        let value = layer::nlink_value(nlink, upper_links);
+        sys::xattr_set(entry.as_fd(), OsStr::new(layer::NLINK_XATTR), &value, 0)?;
+        Ok(())
+    }
+
+    /// Links `name` in `parent`, a lower hard link whose file another name copied up
+    /// (`r` as [`Union::resolve`] found it: `indexed`), to that copy.
+    pub(super) fn link_up(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<()> {
+        let dir = self
+            .dir_info(parent)?
+            .into_iter()
+            .find(|(l, _)| *l == r.layer)
+            .map(|(_, p)| p)
+            .ok_or(Errno::ENOENT)?;
+        let dfd = self.stack.open_dir(r.layer, &dir)?;
+        let fd = sys::open_beneath(
+            dfd.as_fd(),
+            Path::new(name),
+            OFlags::PATH | OFlags::NOFOLLOW,
+            0,
+        )?;
+        let key = self
+            .index_entry(r.layer, fd.as_fd())?
+            .ok_or(Errno::ENOENT)?;
+        let index = self.stack.index_dir(false)?.ok_or(Errno::ENOENT)?;
+        let entry = sys::open_beneath(index, Path::new(&key), OFlags::PATH, 0)?;
+        let links = sys::stat_fd(entry.as_fd())?.st_nlink;
+        let nlink = sys::xattr_get(entry.as_fd(), OsStr::new(layer::NLINK_XATTR))?
+            .and_then(|v| layer::overlay_nlink(&v, links, Some(r.st.st_nlink)))
+            .unwrap_or(r.st.st_nlink);
+        self.link_to_index(&key, &[(parent, name.to_os_string())], nlink)
     }
 
     /// Copies the data of metadata-only copy `id` from `data` into its upper file, then
@@ -261,7 +401,7 @@ impl Union {
         // The copy remembers what it came from, so its inode number survives a remount.
         // Not for a lower hard link: its other names keep the lower inode (the kernel's
         // rule without an index).
-        if fmt != libc::S_IFDIR && st.st_nlink > 1 {
+        if fmt != libc::S_IFDIR && st.st_nlink > 1 && !self.indexing() {
             return Ok(false);
         }
         let Some(origin) = self.stack.origin_of(layer, src.as_fd()) else {

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use rustix::fs::OFlags;
 
@@ -103,6 +104,8 @@ pub struct Stack {
     /// More than one filesystem under the stack: inode numbers carry the filesystem index.
     xino: bool,
     tmp_counter: AtomicU64,
+    /// The hard-link index (`WORK/index`), once it exists.
+    index: OnceLock<OwnedFd>,
 }
 
 /// Paths for a new stack; lowers top first.
@@ -170,6 +173,7 @@ impl Stack {
             work,
             xino: devs.len() > 1,
             tmp_counter: AtomicU64::new(0),
+            index: OnceLock::new(),
         })
     }
 
@@ -240,6 +244,48 @@ impl Stack {
 }
 
 impl Stack {
+    /// The hard-link index directory (`WORK/index`, the kernel's place for it), made when
+    /// `create` is set; `None` while it does not exist or without a work directory.
+    pub fn index_dir(&self, create: bool) -> Result<Option<BorrowedFd<'_>>> {
+        if let Some(fd) = self.index.get() {
+            return Ok(Some(fd.as_fd()));
+        }
+        let Some(work) = &self.work else {
+            return Ok(None);
+        };
+        let open = || {
+            sys::open_beneath(
+                work.as_fd(),
+                Path::new(INDEX_DIR),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                0,
+            )
+        };
+        let fd = match open() {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) if create => {
+                match rustix::fs::mkdirat(
+                    work.as_fd(),
+                    INDEX_DIR,
+                    rustix::fs::Mode::from_raw_mode(0o700),
+                ) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                open()?
+            }
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(self.index.get_or_init(|| fd).as_fd()))
+    }
+
+    /// The name of the index entry of `fd`, a file of lower layer `l`: its origin file
+    /// handle in hex, as the kernel names it.
+    pub fn index_name(&self, l: LayerIdx, fd: BorrowedFd<'_>) -> Option<OsString> {
+        Some(index_key(&self.origin_of(l, fd)?))
+    }
+
     /// The value of `trusted.overlay.origin` for a copy of `fd`, a file of lower layer
     /// `l`: its file handle in the kernel's format. `None` where the filesystem has no
     /// file handles (the copy then simply has no origin).
@@ -273,6 +319,45 @@ impl Stack {
 /// The kernel's mark of a metadata-only copy: the data is in the lower file found by the
 /// same lookup (or by the file's redirect). An empty value is the plain format.
 pub const METACOPY_XATTR: &str = "trusted.overlay.metacopy";
+
+/// The hard-link index below the work directory: one entry per copied-up lower hard link,
+/// named by its origin's file handle, linked to every upper name of it.
+const INDEX_DIR: &str = "index";
+
+/// The name of the index entry of the lower file an origin xattr value names: the value
+/// in hex.
+pub fn index_key(origin: &[u8]) -> OsString {
+    OsString::from(
+        origin
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )
+}
+
+/// The kernel's count of names of an indexed file through the mount, relative to its upper
+/// inode's link count (`U+N`, `U-N`) or the lower's (`L+N`).
+pub const NLINK_XATTR: &str = "trusted.overlay.nlink";
+
+/// The link count through the mount given an nlink xattr value and the upper and lower
+/// link counts; `None` for a malformed value.
+pub fn overlay_nlink(value: &[u8], upper: u64, lower: Option<u64>) -> Option<u64> {
+    let s = std::str::from_utf8(value).ok()?;
+    let (base, rest) = match s.as_bytes().first()? {
+        b'U' => (upper, &s[1..]),
+        b'L' => (lower?, &s[1..]),
+        _ => return None,
+    };
+    let diff: i64 = rest.strip_prefix('+').unwrap_or(rest).parse().ok()?;
+    u64::try_from(i64::try_from(base).ok()?.checked_add(diff)?).ok()
+}
+
+/// The nlink xattr value that makes the count through the mount `nlink` for an upper
+/// inode with `upper` links.
+pub fn nlink_value(nlink: u64, upper: u64) -> Vec<u8> {
+    let diff = i128::from(nlink) - i128::from(upper);
+    format!("U{diff:+}").into_bytes()
+}
 
 /// The kernel's origin xattr: the file handle of the lower inode a file was copied from.
 pub const ORIGIN_XATTR: &str = "trusted.overlay.origin";
@@ -464,6 +549,19 @@ mod tests {
         assert_eq!(decode_fh(&upper).map(|(_, h)| h.bytes.len()), Some(8));
         assert_eq!(decode_fh(&kernel[..20]), None);
         assert_eq!(decode_fh(&[1, 0xfb, 5, 0, 1]), None);
+    }
+
+    #[test]
+    fn nlink_values_are_the_kernels() {
+        assert_eq!(overlay_nlink(b"U+0", 2, None), Some(2));
+        assert_eq!(overlay_nlink(b"U-1", 3, None), Some(2));
+        assert_eq!(overlay_nlink(b"L+1", 3, Some(2)), Some(3));
+        assert_eq!(overlay_nlink(b"L+1", 3, None), None);
+        assert_eq!(overlay_nlink(b"X+1", 3, None), None);
+        assert_eq!(overlay_nlink(b"U-5", 3, None), None);
+        assert_eq!(nlink_value(2, 2), b"U+0");
+        assert_eq!(nlink_value(3, 2), b"U+1");
+        assert_eq!(nlink_value(1, 3), b"U-2");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub(super) struct Resolved {
     pub ident: Option<u64>,
     /// Whether every name with this identity is the same file (see `Inodes::found`).
     pub shared: bool,
+    /// A lower hard link whose inode was copied up into the index by another name: this
+    /// name must be linked to the copy before it is used.
+    pub indexed: bool,
 }
 
 /// One entry of a merged listing.
@@ -134,6 +137,7 @@ impl Union {
             next: 0,
         };
         let mut top: Option<(LayerIdx, sys::Stat)> = None;
+        let mut top_dir = PathBuf::new();
         let mut dir_layers: Vec<DirLayer> = Vec::new();
         let mut bottom_ino = 0;
         let mut origin = None;
@@ -157,6 +161,7 @@ impl Union {
                 Some((_, t)) => is_dir(t),
                 None => {
                     top = Some((l, st));
+                    top_dir = dir.clone();
                     if !is_dir(&st) {
                         if self.stack.is_upper(l) {
                             origin = self.origin_ino(dfd, &walk.name);
@@ -216,6 +221,7 @@ impl Union {
                 st,
                 ident: self.stack.ino_of(bottom, bottom_ino),
                 shared: true,
+                indexed: false,
                 kind: NodeKind::Dir { layers: dir_layers },
             }));
         }
@@ -231,17 +237,53 @@ impl Union {
             }
             None => None,
         };
+        let upper = self.stack.is_upper(l);
+        let hard_link = !upper && st.st_nlink > 1;
+        let indexed = hard_link && self.indexing() && {
+            let dir = self.stack.open_dir(l, &top_dir)?;
+            let fd = sys::open_beneath(
+                dir.as_fd(),
+                Path::new(name),
+                OFlags::PATH | OFlags::NOFOLLOW,
+                0,
+            )?;
+            self.index_entry(l, fd.as_fd())?.is_some()
+        };
+        if upper && st.st_nlink > 1 {
+            let dir = self.stack.open_dir(l, &top_dir)?;
+            let nlink = sys::xattr_get_at(dir.as_fd(), name, OsStr::new(layer::NLINK_XATTR));
+            if let Ok(Some(v)) = nlink {
+                st.st_nlink = layer::overlay_nlink(&v, st.st_nlink, None).unwrap_or(st.st_nlink);
+            }
+        }
         Ok(Some(Resolved {
             layer: l,
             st,
             ident: origin.or_else(|| self.stack.ino_of(l, st.st_ino)),
-            // Lower hard links part ways on copy-up: one node per name.
-            shared: self.stack.is_upper(l) || st.st_nlink <= 1,
+            // Without an index, lower hard links part ways on copy-up: a node per name.
+            shared: !hard_link || self.indexing() || !self.stack.has_upper(),
+            indexed,
             kind: NodeKind::NotDir {
                 fmt: st.st_mode & libc::S_IFMT,
                 data,
             },
         }))
+    }
+
+    /// Whether lower hard links keep together through copy-up (the index is in use).
+    pub(super) fn indexing(&self) -> bool {
+        self.opts.index && self.root && self.stack.has_upper()
+    }
+
+    /// The name of the index entry of `fd` (a file of lower layer `l`), if it has one.
+    pub(super) fn index_entry(&self, l: LayerIdx, fd: BorrowedFd<'_>) -> Result<Option<OsString>> {
+        let Some(index) = self.stack.index_dir(false)? else {
+            return Ok(None);
+        };
+        let Some(key) = self.stack.index_name(l, fd) else {
+            return Ok(None);
+        };
+        Ok(sys::exists_at(index, &key)?.then_some(key))
     }
 
     /// Whether the regular file `name` in `dir` is a metadata-only copy.
@@ -315,7 +357,21 @@ impl Union {
     /// `ENOENT` when the name is not visible, `ENAMETOOLONG`, or the errno of a layer.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         check_name(name)?;
-        let _ns = self.ns.read();
+        {
+            let _ns = self.ns.read();
+            let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
+            if !r.indexed {
+                return Ok(self.remember(parent, name, r, true));
+            }
+        }
+        // A name of a hard link copied up by another name: link it to the copy first, so
+        // that every name shows the same file.
+        let _ns = self.ns.write();
+        let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
+        if !r.indexed {
+            return Ok(self.remember(parent, name, r, true));
+        }
+        self.link_up(parent, name, &r)?;
         let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
         Ok(self.remember(parent, name, r, true))
     }
@@ -333,6 +389,12 @@ impl Union {
         };
         let fd = self.stack.open(layer, &path, OFlags::PATH)?;
         let mut st = sys::stat_fd(fd.as_fd())?;
+        if self.stack.is_upper(layer) && kind.dir_len() == 0 && st.st_nlink > 1 {
+            // An indexed hard link: its names through the mount, not its upper links.
+            if let Ok(Some(v)) = sys::xattr_get(fd.as_fd(), OsStr::new(layer::NLINK_XATTR)) {
+                st.st_nlink = layer::overlay_nlink(&v, st.st_nlink, None).unwrap_or(st.st_nlink);
+            }
+        }
         if let Some(d) = kind.data() {
             // A metadata-only copy has the blocks of its data, as with the kernel.
             let data = self.stack.open(d.layer, &d.path, OFlags::PATH)?;

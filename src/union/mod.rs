@@ -104,6 +104,9 @@ pub struct UnionOptions {
     pub fsync: bool,
     /// Copy up only the metadata of a lower file whose metadata changes (`metacopy=on`).
     pub metacopy: bool,
+    /// Keep the names of a lower hard link together through copy-up, with the kernel's
+    /// index (`index=on`; needs root).
+    pub index: bool,
 }
 
 /// Filesystem statistics, from the upper layer (or the top lower of a read-only mount).

@@ -270,6 +270,7 @@ impl Union {
                 kind,
                 ident: self.stack.ino_of(upper, st.st_ino),
                 shared: true,
+                indexed: false,
             },
             fd,
         ))
@@ -412,6 +413,7 @@ impl Union {
         if matches!(r.kind, NodeKind::Dir { .. }) {
             return Err(Errno::EISDIR);
         }
+        let r = self.before_losing_a_link(parent, name, r)?;
         self.remove_entry(parent, name, &r, upper)
     }
 
@@ -434,6 +436,50 @@ impl Union {
         self.remove_entry(parent, name, &r, upper)
     }
 
+    /// Before the name `r` (`name` in `parent`) of a lower hard link goes away: copies it
+    /// up into the index, as the kernel does, so its other names keep counting right.
+    /// Returns what the name is now.
+    fn before_losing_a_link(&self, parent: u64, name: &OsStr, r: Resolved) -> Result<Resolved> {
+        let lower_link =
+            !self.stack.is_upper(r.layer) && r.kind.dir_len() == 0 && r.st.st_nlink > 1;
+        if !lower_link || !self.indexing() {
+            return Ok(r);
+        }
+        self.copy_up_entry(parent, name, &r)?;
+        self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)
+    }
+
+    /// The index entry of the upper file `name` in `dir`, if it is an indexed hard link.
+    fn index_key_of(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<OsString> {
+        let nlink = sys::xattr_get_at(dir, name, OsStr::new(layer::NLINK_XATTR));
+        let origin = sys::xattr_get_at(dir, name, OsStr::new(layer::ORIGIN_XATTR));
+        match (nlink, origin) {
+            (Ok(Some(_)), Ok(Some(o))) => Some(layer::index_key(&o)),
+            _ => None,
+        }
+    }
+
+    /// Removes index entry `key` once no name through the mount leads to its file.
+    fn drop_index_if_unused(&self, key: Option<OsString>) {
+        let Some(key) = key else {
+            return;
+        };
+        let Ok(Some(index)) = self.stack.index_dir(false) else {
+            return;
+        };
+        let unused = || -> Result<bool> {
+            let entry = sys::open_beneath(index, Path::new(&key), OFlags::PATH, 0)?;
+            let links = sys::stat_fd(entry.as_fd())?.st_nlink;
+            let v = sys::xattr_get(entry.as_fd(), OsStr::new(layer::NLINK_XATTR))?;
+            Ok(links == 1 && v.and_then(|v| layer::overlay_nlink(&v, links, None)) == Some(0))
+        };
+        if let Ok(true) = unused() {
+            if let Err(e) = rustix::fs::unlinkat(index, &key, AtFlags::empty()) {
+                log::warn!("cannot remove unused index entry {key:?}: {e}");
+            }
+        }
+    }
+
     /// Removes the visible entry `r` (`name` in `parent`): deletes its upper copy and
     /// leaves a whiteout where a lower layer has the name too.
     fn remove_entry(&self, parent: u64, name: &OsStr, r: &Resolved, upper: LayerIdx) -> Result<()> {
@@ -442,6 +488,10 @@ impl Union {
         let dir = self.upper_path(parent)?;
         let udir = self.stack.open_dir(upper, &dir)?;
         let is_dir = matches!(r.kind, NodeKind::Dir { .. });
+        let index_key = match r.layer == upper && !is_dir {
+            true => self.index_key_of(udir.as_fd(), name),
+            false => None,
+        };
         if r.layer != upper {
             self.write_whiteout(udir.as_fd(), name)?;
         } else if is_dir {
@@ -478,6 +528,7 @@ impl Union {
         } else {
             rustix::fs::unlinkat(udir.as_fd(), name, AtFlags::empty())?;
         }
+        self.drop_index_if_unused(index_key);
         let gone = Attr::from_stat(0, &r.st);
         self.inodes
             .lock()
@@ -519,6 +570,9 @@ impl Union {
     /// Copies up the entry `r` found as `name` in `parent`, whether or not the kernel
     /// holds a node for it.
     fn copy_up_entry(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<()> {
+        if r.indexed {
+            return self.link_up(parent, name, r);
+        }
         let known = self.inodes.lock().child(parent, &name.to_os_string());
         match known {
             Some(id) => self.copy_up_meta(id),
@@ -583,6 +637,10 @@ impl Union {
                 }
             }
         }
+        let dst = match dst {
+            Some(d) if !exchange => Some(self.before_losing_a_link(new_parent, new_name, d)?),
+            d => d,
+        };
         self.copy_up(parent)?;
         self.copy_up(new_parent)?;
         self.copy_up_entry(parent, name, &src)?;
@@ -597,6 +655,12 @@ impl Union {
             true => self.resolve_in(new_parent, new_name)?,
             false => dst,
         };
+        if let Some(d) = &dst {
+            if d.layer == upper && src.layer == upper && d.st.st_ino == src.st.st_ino {
+                // Two names of one (indexed) file: rename(2) does nothing.
+                return Ok(());
+            }
+        }
         let src_lower = self.lower_has(parent, name)?;
         let dst_lower = self.lower_has(new_parent, new_name)?;
         let sdir_path = self.upper_path(parent)?;
@@ -644,6 +708,12 @@ impl Union {
         }
 
         keep_contents(sdir, name, &src, new_parent, dst_lower)?;
+        let replaced_key = match &dst {
+            Some(d) if d.layer == upper && d.kind.dir_len() == 0 => {
+                self.index_key_of(ddir, new_name)
+            }
+            _ => None,
+        };
         // An upper directory being replaced holds nothing but whiteouts: move it aside.
         let mut cleared = None;
         if dst
@@ -681,6 +751,7 @@ impl Union {
             self.discard(work, &tmp);
         }
         keep_origin_visible(ddir, new_name);
+        self.drop_index_if_unused(replaced_key);
         let mut inodes = self.inodes.lock();
         if let Some(d) = &dst {
             inodes.remove_name(new_parent, &new_name_os, Some(Attr::from_stat(0, &d.st)));

@@ -58,6 +58,7 @@ impl Fixture {
             UnionOptions {
                 fsync: false,
                 metacopy: true,
+                index: true,
             },
         )
     }
@@ -365,6 +366,7 @@ fn read_only_stack_refuses_writes() {
         UnionOptions {
             fsync: true,
             metacopy: true,
+            index: true,
         },
     );
     let a = lookup(&u, "a").unwrap();

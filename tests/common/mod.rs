@@ -329,8 +329,8 @@ pub fn errno(e: &std::io::Error) -> i32 {
 // ---------------------------------------------------------------------------------------------
 
 /// The kernel overlayfs options that match what strata implements: directory renames by
-/// redirect, metadata-only copy-up; no index, no xino.
-pub const KERNEL_PLAIN: &str = "redirect_dir=on,index=off,metacopy=on,xino=off";
+/// redirect, metadata-only copy-up, the hard-link index; no xino.
+pub const KERNEL_PLAIN: &str = "redirect_dir=on,index=on,metacopy=on,xino=off";
 
 impl Scratch {
     /// Mounts kernel overlayfs on `kmnt` with lowers `0..n`, the given upper and
@@ -339,11 +339,16 @@ impl Scratch {
         let kwork = self.path("kwork");
         let _ = fs::remove_dir_all(&kwork);
         fs::create_dir(&kwork).unwrap();
+        self.kernel_mount_with_work(n, upper, &kwork)
+    }
+
+    /// The same with a given work directory (strata's, to share its hard-link index).
+    pub fn kernel_mount_with_work(&self, n: usize, upper: &Path, work: &Path) -> KernelMount {
         let opts = format!(
             "lowerdir={},upperdir={},workdir={},{KERNEL_PLAIN}",
             self.lowerdir(n),
             upper.display(),
-            kwork.display()
+            work.display()
         );
         KernelMount::new(&opts, &self.path("kmnt"))
     }
