@@ -957,7 +957,10 @@ fn lower_hard_links_stay_one_file_through_copy_up() {
             assert_eq!(read(&m.join(p)), "old\nnew\n", "{p}");
             assert_eq!((stat(p).ino(), stat(p).nlink()), (ino, 3), "{p}");
         }
-        for e in fs::read_dir(m).unwrap().chain(fs::read_dir(m.join("d")).unwrap()) {
+        for e in fs::read_dir(m)
+            .unwrap()
+            .chain(fs::read_dir(m.join("d")).unwrap())
+        {
             let e = e.unwrap();
             if ["a", "b", "c"].contains(&e.file_name().to_str().unwrap()) {
                 assert_eq!(e.ino(), ino, "d_ino of {:?}", e.path());

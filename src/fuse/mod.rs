@@ -10,10 +10,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::Errno;
@@ -105,10 +105,25 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+/// How the kernel is to treat an open file: `O_DIRECT` I/O goes to strata as the caller
+/// issued it (offsets, sizes), so the backing file's rules for it apply.
+fn open_flags(flags: i32) -> FopenFlags {
+    match flags & libc::O_DIRECT {
+        0 => FopenFlags::empty(),
+        _ => FopenFlags::FOPEN_DIRECT_IO,
+    }
+}
+
 fn creds(req: &Request) -> Creds {
+    creds_masked(req, 0)
+}
+
+/// The caller's credentials with the umask of a create, mkdir or mknod request.
+fn creds_masked(req: &Request, umask: u32) -> Creds {
     Creds {
         uid: req.uid(),
         gid: req.gid(),
+        umask,
     }
 }
 
@@ -138,6 +153,17 @@ impl StrataFs {
 }
 
 impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // The kernel checks POSIX ACLs itself (read through getxattr) and leaves the umask
+        // to strata, which applies it unless a default ACL decides the mode.
+        for cap in [InitFlags::FUSE_POSIX_ACL, InitFlags::FUSE_DONT_MASK] {
+            if config.add_capabilities(cap).is_err() {
+                log::info!("the kernel does not offer {cap:?}");
+            }
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.entry(self.union.lookup(parent.0, name), reply);
     }
@@ -198,15 +224,15 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            self.union
-                .mknod(parent.0, name, mode, u64::from(rdev), creds(req)),
-            reply,
-        );
+        let creds = creds_masked(req, umask);
+        let r = self
+            .union
+            .mknod(parent.0, name, mode, u64::from(rdev), creds);
+        self.entry(r, reply);
     }
 
     fn mkdir(
@@ -215,10 +241,11 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(self.union.mkdir(parent.0, name, mode, creds(req)), reply);
+        let creds = creds_masked(req, umask);
+        self.entry(self.union.mkdir(parent.0, name, mode, creds), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -278,7 +305,7 @@ impl Filesystem for StrataFs {
                 if o.copied_up {
                     self.attrs_changed(ino);
                 }
-                reply.opened(FileHandle(o.fh), FopenFlags::empty());
+                reply.opened(FileHandle(o.fh), open_flags(flags.0));
             }
             Err(e) => reply.error(err(e)),
         }
@@ -457,17 +484,18 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.union.create(parent.0, name, mode, flags, creds(req)) {
+        let creds = creds_masked(req, umask);
+        match self.union.create(parent.0, name, mode, flags, creds) {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                open_flags(flags),
             ),
             Err(e) => reply.error(err(e)),
         }
@@ -499,5 +527,27 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         Self::empty(self.union.fallocate(fh.0, offset, length, mode), reply);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .union
+            .copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(err(e)),
+        }
     }
 }

@@ -25,12 +25,48 @@ use crate::sys;
 /// kernel sends every write with its offset; write-only becomes read-write so the kernel
 /// may read pages of a file it writes.
 pub(super) fn backing_flags(flags: i32) -> OFlags {
-    let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+    let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME | libc::O_DIRECT;
     let acc = match flags & libc::O_ACCMODE {
         libc::O_RDONLY => OFlags::RDONLY,
         _ => OFlags::RDWR,
     };
     acc | OFlags::from_bits_retain((flags & keep) as _)
+}
+
+/// The alignment of buffers for `O_DIRECT` I/O (enough for any logical block size).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A byte buffer, aligned for `O_DIRECT` when asked.
+struct Aligned {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(len: usize, aligned: bool) -> Aligned {
+        let extra = if aligned { DIRECT_ALIGN } else { 0 };
+        let raw = vec![0u8; len + extra];
+        let start = match aligned {
+            true => raw.as_ptr().align_offset(DIRECT_ALIGN).min(extra),
+            false => 0,
+        };
+        Aligned { raw, start, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+
+    /// The first `n` bytes.
+    fn into_vec(mut self, n: usize) -> Vec<u8> {
+        let n = n.min(self.len);
+        if self.start == 0 {
+            self.raw.truncate(n);
+            return self.raw;
+        }
+        self.raw[self.start..self.start + n].to_vec()
+    }
 }
 
 /// An open regular file.
@@ -40,6 +76,13 @@ pub struct OpenFile {
     flags: OFlags,
     /// The layer the descriptor points into, and the descriptor.
     backing: RwLock<(LayerIdx, OwnedFd)>,
+}
+
+impl OpenFile {
+    /// Whether the file was opened with `O_DIRECT`.
+    fn is_direct(&self) -> bool {
+        self.flags.contains(OFlags::DIRECT)
+    }
 }
 
 /// What `open` made: the handle, and whether the open copied the file up (its attributes
@@ -192,18 +235,20 @@ impl Union {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let f = self.file(fh)?;
         let b = f.backing.read();
-        let mut buf = vec![0u8; size as usize];
+        let mut raw = Aligned::new(size as usize, f.is_direct());
+        let buf = raw.as_mut();
         let mut done = 0;
         while done < buf.len() {
             match rustix::io::pread(b.1.as_fd(), &mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(rustix::io::Errno::INTR) => continue,
+                // A short read, then (O_DIRECT at the end of the file) an unaligned rest.
+                Err(_) if done > 0 => break,
                 Err(e) => return Err(e.into()),
             }
         }
-        buf.truncate(done);
-        Ok(buf)
+        Ok(raw.into_vec(done))
     }
 
     /// Writes `data` at `offset`; returns the count written.
@@ -213,6 +258,15 @@ impl Union {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let f = self.file(fh)?;
         let b = f.backing.read();
+        // O_DIRECT needs an aligned buffer; the request's bytes sit wherever fuser read them.
+        let mut copy = Aligned::new(data.len(), f.is_direct());
+        let data = match f.is_direct() {
+            true => {
+                copy.as_mut().copy_from_slice(data);
+                copy.as_mut()
+            }
+            false => data,
+        };
         let mut done = 0;
         while done < data.len() {
             match rustix::io::pwrite(b.1.as_fd(), &data[done..], offset + done as u64) {
@@ -278,6 +332,37 @@ impl Union {
         }
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as _);
         Ok(rustix::fs::fallocate(b.1.as_fd(), flags, offset, len)?)
+    }
+
+    /// `copy_file_range(2)` between two open files, done by the backing filesystem (a
+    /// reflink or an in-kernel copy where it can); returns the count copied.
+    ///
+    /// # Errors
+    /// `EBADF` for an unknown handle or an output file not in the upper layer, or the
+    /// errno of `copy_file_range` (`EXDEV` makes the kernel fall back to reads and writes).
+    pub fn copy_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<usize> {
+        let (src, dst) = (self.file(fh_in)?, self.file(fh_out)?);
+        let (s, d) = (src.backing.read(), dst.backing.read());
+        if !self.stack.is_upper(d.0) {
+            return Err(Errno::EBADF);
+        }
+        let (mut off_in, mut off_out) = (off_in, off_out);
+        // The count goes back in a 32-bit field.
+        let len = usize::try_from(len.min(u64::from(u32::MAX))).unwrap_or(0);
+        Ok(rustix::fs::copy_file_range(
+            s.1.as_fd(),
+            Some(&mut off_in),
+            d.1.as_fd(),
+            Some(&mut off_out),
+            len,
+        )?)
     }
 
     /// Changes attributes of node `id`, copying it up.

@@ -95,6 +95,9 @@ impl Attr {
 pub struct Creds {
     pub uid: u32,
     pub gid: u32,
+    /// The caller's umask, for the modes of what it creates: applied unless the new
+    /// entry's directory has a default ACL (which then decides, as on any filesystem).
+    pub umask: u32,
 }
 
 /// Behaviour switches of a mount.

@@ -31,11 +31,31 @@ pub enum Make<'a> {
     Symlink { target: &'a OsStr },
 }
 
-impl Make<'_> {
+impl<'a> Make<'a> {
     fn is_dir(&self) -> bool {
         matches!(self, Make::Dir { .. })
     }
+
+    /// The same with the permission bits of `umask` cleared.
+    fn masked(self, umask: u32) -> Make<'a> {
+        let keep = !(umask & 0o777);
+        match self {
+            Make::File { mode, flags } => Make::File {
+                mode: mode & keep,
+                flags,
+            },
+            Make::Dir { mode } => Make::Dir { mode: mode & keep },
+            Make::Node { mode, rdev } => Make::Node {
+                mode: mode & keep,
+                rdev,
+            },
+            m @ Make::Symlink { .. } => m,
+        }
+    }
 }
+
+/// The xattr of a directory's default POSIX ACL.
+const DEFAULT_ACL_XATTR: &str = "system.posix_acl_default";
 
 /// A name a caller may create: not too long, and not part of the whiteout format.
 fn check_new_name(name: &OsStr) -> Result<()> {
@@ -190,8 +210,24 @@ impl Union {
         let wh = self.upper_whiteout(udir.as_fd(), name)?;
         let work = self.stack.work()?;
         let tmp = self.stack.tmp_name();
+        // A default ACL of the directory decides the new entry's ACL and mode, as the
+        // filesystem applies it to what is made in that directory; otherwise the umask.
+        let default_acl = matches!(
+            sys::xattr_get(udir.as_fd(), OsStr::new(DEFAULT_ACL_XATTR)),
+            Ok(Some(_))
+        );
+        let make = match default_acl {
+            true => make,
+            false => make.masked(creds.umask),
+        };
+        // What takes a whiteout's place is made aside and swapped in: in the work
+        // directory, or beside it when the directory's default ACL must apply to it.
+        let stage = match default_acl {
+            true => udir.as_fd(),
+            false => work,
+        };
         let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if wh == Whiteout::Device {
-            (work, &tmp)
+            (stage, &tmp)
         } else {
             (udir.as_fd(), name)
         };
@@ -206,26 +242,24 @@ impl Union {
                     AtFlags::SYMLINK_NOFOLLOW,
                 )?;
             }
+            // Adds set-id bits to what the entry's mode now is (a default ACL may have
+            // narrowed the permission bits asked for).
+            let add_bits = |bits: u32| -> Result<()> {
+                let now = sys::stat_at(tdir, tname)?.st_mode & 0o7777;
+                let mode = Mode::from_raw_mode(now | bits);
+                Ok(rustix::fs::chmodat(tdir, tname, mode, AtFlags::empty())?)
+            };
             if let Make::File { mode, .. } | Make::Node { mode, .. } = make {
-                if self.root && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                let setid = mode & (libc::S_ISUID | libc::S_ISGID);
+                if self.root && setid != 0 {
                     // chown cleared the set-id bits the caller asked for: put them back.
-                    rustix::fs::chmodat(
-                        tdir,
-                        tname,
-                        Mode::from_raw_mode(mode & 0o7777),
-                        AtFlags::empty(),
-                    )?;
+                    add_bits(setid)?;
                 }
             }
-            if let Make::Dir { mode } = make {
+            if make.is_dir() {
                 if sgid && wh == Whiteout::Device {
-                    // Staged outside the parent, so the set-gid bit was not inherited.
-                    rustix::fs::chmodat(
-                        tdir,
-                        tname,
-                        Mode::from_raw_mode((mode & 0o7777) | libc::S_ISGID),
-                        AtFlags::empty(),
-                    )?;
+                    // Perhaps staged outside the parent: the set-gid bit is inherited.
+                    add_bits(libc::S_ISGID)?;
                 }
                 if wh != Whiteout::None {
                     self.set_opaque(tdir, tname)?;
@@ -234,11 +268,11 @@ impl Union {
             match wh {
                 Whiteout::Device if make.is_dir() => {
                     // A directory cannot replace a device by rename: swap, then drop the whiteout.
-                    sys::rename_at(work, &tmp, udir.as_fd(), name, RenameFlags::EXCHANGE)?;
-                    rustix::fs::unlinkat(work, &tmp, AtFlags::empty())?;
+                    sys::rename_at(stage, &tmp, udir.as_fd(), name, RenameFlags::EXCHANGE)?;
+                    rustix::fs::unlinkat(stage, &tmp, AtFlags::empty())?;
                 }
                 Whiteout::Device => {
-                    sys::rename_at(work, &tmp, udir.as_fd(), name, RenameFlags::empty())?
+                    sys::rename_at(stage, &tmp, udir.as_fd(), name, RenameFlags::empty())?
                 }
                 Whiteout::Oci => {
                     rustix::fs::unlinkat(udir.as_fd(), layer::wh_name(name), AtFlags::empty())?
@@ -249,7 +283,7 @@ impl Union {
         };
         if let Err(e) = finish() {
             if wh == Whiteout::Device {
-                self.discard(work, &tmp);
+                self.discard(stage, &tmp);
             } else if let Err(e2) = sys::remove_tree_at(udir.as_fd(), name) {
                 log::warn!("cannot undo the creation of {name:?}: {e2}");
             }

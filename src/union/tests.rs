@@ -13,7 +13,11 @@ struct Fixture {
     dir: tempfile::TempDir,
 }
 
-const ROOT: Creds = Creds { uid: 0, gid: 0 };
+const ROOT: Creds = Creds {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 
 impl Fixture {
     fn new() -> Fixture {
