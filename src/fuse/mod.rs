@@ -38,6 +38,13 @@ impl StrataFs {
         }
     }
 
+    /// Drops the kernel's cached attributes of the nodes a call changed as a side effect.
+    fn flush_changed(&self) {
+        for id in self.union.take_changed() {
+            self.attrs_changed(INodeNo(id));
+        }
+    }
+
     fn attrs_changed(&self, ino: INodeNo) {
         if let Some(n) = self.notifier.get() {
             // A negative offset invalidates attributes only, never pages.
@@ -129,13 +136,15 @@ fn creds_masked(req: &Request, umask: u32) -> Creds {
 
 impl StrataFs {
     fn entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
+        self.flush_changed();
         match r {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn empty(r: Result<(), Errno>, reply: ReplyEmpty) {
+    fn empty(&self, r: Result<(), Errno>, reply: ReplyEmpty) {
+        self.flush_changed();
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -205,7 +214,9 @@ impl Filesystem for StrataFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.union.setattr(ino.0, set) {
+        let r = self.union.setattr(ino.0, set);
+        self.flush_changed();
+        match r {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
@@ -249,11 +260,11 @@ impl Filesystem for StrataFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.union.unlink(parent.0, name), reply);
+        self.empty(self.union.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.union.rmdir(parent.0, name), reply);
+        self.empty(self.union.rmdir(parent.0, name), reply);
     }
 
     fn symlink(
@@ -281,7 +292,7 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        Self::empty(
+        self.empty(
             self.union
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
             reply,
@@ -300,13 +311,10 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.open(ino.0, flags.0) {
-            Ok(o) => {
-                if o.copied_up {
-                    self.attrs_changed(ino);
-                }
-                reply.opened(FileHandle(o.fh), open_flags(flags.0));
-            }
+        let r = self.union.open(ino.0, flags.0);
+        self.flush_changed();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -379,7 +387,7 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.union.fsync(fh.0, datasync), reply);
+        self.empty(self.union.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -433,7 +441,7 @@ impl Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.union.fsyncdir(ino.0), reply);
+        self.empty(self.union.fsyncdir(ino.0), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -459,7 +467,7 @@ impl Filesystem for StrataFs {
         if r.is_ok() {
             self.attrs_changed(ino);
         }
-        Self::empty(r, reply);
+        self.empty(r, reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -475,7 +483,7 @@ impl Filesystem for StrataFs {
         if r.is_ok() {
             self.attrs_changed(ino);
         }
-        Self::empty(r, reply);
+        self.empty(r, reply);
     }
 
     fn create(
@@ -489,7 +497,9 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         let creds = creds_masked(req, umask);
-        match self.union.create(parent.0, name, mode, flags, creds) {
+        let r = self.union.create(parent.0, name, mode, flags, creds);
+        self.flush_changed();
+        match r {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &file_attr(&a),
@@ -526,7 +536,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.union.fallocate(fh.0, offset, length, mode), reply);
+        self.empty(self.union.fallocate(fh.0, offset, length, mode), reply);
     }
 
     fn copy_file_range(

@@ -167,6 +167,8 @@ impl Union {
             inodes.add_alias(ident, id);
         }
         drop(inodes);
+        // A directory now merged reports one link; a copy may differ in other ways.
+        self.attrs_changed(id);
         if let Err(e) = self.repoint_handles(id) {
             log::warn!("open handles of node {id} still read the lower file: {e}");
         }
@@ -233,6 +235,7 @@ impl Union {
             }
             Err(e) => return Err(e.into()),
         };
+        self.attrs_changed(id);
         let names = self
             .inodes
             .lock()

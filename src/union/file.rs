@@ -85,14 +85,6 @@ impl OpenFile {
     }
 }
 
-/// What `open` made: the handle, and whether the open copied the file up (its attributes
-/// may have changed: a lower hard link's copy has one link).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Opened {
-    pub fh: u64,
-    pub copied_up: bool,
-}
-
 /// An open directory: a snapshot of its merged listing.
 #[derive(Debug)]
 pub struct DirHandle {
@@ -142,17 +134,16 @@ impl Union {
         self.files.lock().get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
-    /// Opens node `id` with the flags of `open(2)`; returns the handle.
+    /// Opens node `id` with the flags of `open(2)` (copying it up first to write it);
+    /// returns the handle.
     ///
     /// # Errors
     /// `EROFS` for a write open of a read-only mount, or the errno of the copy-up or open.
-    pub fn open(&self, id: u64, flags: i32) -> Result<Opened> {
+    pub fn open(&self, id: u64, flags: i32) -> Result<u64> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let mut copied_up = false;
         if write {
-            let upper = self.stack.upper()?;
+            self.stack.upper()?;
             let _ns = self.ns.write();
-            copied_up = self.inodes.lock().get(id).is_some_and(|n| n.layer != upper);
             self.copy_up(id)?;
         }
         // A copy-up re-points the open handles of its file; holding the namespace lock
@@ -167,8 +158,7 @@ impl Union {
         if flags & libc::O_TRUNC != 0 {
             rustix::fs::ftruncate(fd.as_fd(), 0)?;
         }
-        let fh = self.add_file(id, layer, fd, oflags);
-        Ok(Opened { fh, copied_up })
+        Ok(self.add_file(id, layer, fd, oflags))
     }
 
     /// Opens the backing file of a handle. Lower files are opened with `O_NOATIME` where
@@ -370,7 +360,8 @@ impl Union {
     /// # Errors
     /// `EROFS`, `ENOENT`, or the errno of the change.
     pub fn setattr(&self, id: u64, set: SetAttr) -> Result<Attr> {
-        if set.is_empty() {
+        // Even a change to nothing (`chown(f, -1, -1)`) copies up, as with the kernel.
+        if set.is_empty() && !self.stack.has_upper() {
             return self.getattr(id);
         }
         self.stack.upper()?;

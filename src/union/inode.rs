@@ -19,6 +19,10 @@ use super::Attr;
 /// The node id of the mount's root directory (fixed by FUSE).
 pub const ROOT_ID: u64 = 1;
 
+/// The parent id under which [`Inodes`] records the other id of a file whose inode number
+/// a removed node still held by the kernel has (no node has id 0).
+const REUSED: u64 = 0;
+
 /// One layer of a merged directory, and where the directory is in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirLayer {
@@ -249,6 +253,15 @@ impl Inodes {
         if let Some(split) = self.split.get(&(ident, parent, name.clone())) {
             return *split;
         }
+        let reused_key = (ident, REUSED, OsString::new());
+        if let Some(&other) = self.split.get(&reused_key) {
+            // A file that took a still-held removed node's inode number, by any name
+            // (unless that file is gone too, and the number was reused once more).
+            if self.nodes.get(&other).is_none_or(|n| n.removed.is_none()) {
+                return other;
+            }
+            self.split.remove(&reused_key);
+        }
         if !shared {
             return self.split_id(ident, parent, name);
         }
@@ -264,7 +277,10 @@ impl Inodes {
                 // node the kernel still holds keeps its id, so whatever took over its inode
                 // number gets another: the old inode stays valid (and empty) for its holders.
                 let reused = n.removed.is_some();
-                if !reused && n.is_dir() == is_dir && (is_dir || n.layer == layer || via_alias) {
+                if reused {
+                    // Every name of the new file gets the same other id (hard links).
+                    self.split_id(ident, REUSED, &OsString::new())
+                } else if n.is_dir() == is_dir && (is_dir || n.layer == layer || via_alias) {
                     id
                 } else {
                     self.split_id(ident, parent, name)

@@ -31,7 +31,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Errno, Result};
 use crate::sys;
-pub use file::{DirHandle, OpenFile, Opened, SetAttr};
+pub use file::{DirHandle, OpenFile, SetAttr};
 use inode::{DirLayer, Inodes, Node, NodeKind, ROOT_ID};
 pub use layer::{LayerIdx, Stack, StackPaths};
 
@@ -133,6 +133,10 @@ pub struct Union {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
+    /// Nodes whose attributes changed as a side effect (a directory that became merged
+    /// when something below it was copied up, a file copied up by a failing call): the
+    /// kernel's cached attributes of them are stale.
+    changed: Mutex<Vec<u64>>,
     opts: UnionOptions,
     /// The daemon runs as root: it can set owners on what it creates.
     root: bool,
@@ -180,8 +184,23 @@ impl Union {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            changed: Mutex::new(Vec::new()),
             opts,
             root: sys::euid() == 0,
+        }
+    }
+
+    /// Takes the nodes whose attributes changed behind the kernel's back since the last
+    /// call (see [`Union`]'s `changed`); the caller tells the kernel to drop its copies.
+    pub fn take_changed(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.changed.lock())
+    }
+
+    /// Records that node `id`'s attributes changed as a side effect.
+    fn attrs_changed(&self, id: u64) {
+        let mut changed = self.changed.lock();
+        if !changed.contains(&id) {
+            changed.push(id);
         }
     }
 

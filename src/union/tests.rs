@@ -93,7 +93,7 @@ fn lookup(u: &Union, path: &str) -> Result<Attr> {
 
 fn read_all(u: &Union, path: &str) -> String {
     let a = lookup(u, path).unwrap();
-    let fh = u.open(a.ino, libc::O_RDONLY).unwrap().fh;
+    let fh = u.open(a.ino, libc::O_RDONLY).unwrap();
     let data = u.read(fh, 0, 1 << 20).unwrap();
     u.release(fh);
     String::from_utf8(data).unwrap()
@@ -207,7 +207,7 @@ fn copy_up_keeps_metadata_and_holes() {
     rustix::fs::utimensat(rustix::fs::CWD, &p, &times, rustix::fs::AtFlags::empty()).unwrap();
     let u = f.union();
     let a = lookup(&u, "dir/sparse").unwrap();
-    let fh = u.open(a.ino, libc::O_RDWR).unwrap().fh;
+    let fh = u.open(a.ino, libc::O_RDWR).unwrap();
     u.release(fh);
     let up = fs::metadata(f.p("upper/dir/sparse")).unwrap();
     assert_eq!((up.mode() & 0o7777, up.uid(), up.gid()), (0o640, 123, 456));
