@@ -44,6 +44,10 @@ pub fn kernel_opts() -> String {
     std::env::var("STRATA_DIFFTEST_KERNEL_OPTS").unwrap_or_else(|_| KERNEL_PLAIN.to_string())
 }
 
+/// Mount flags for the kernel side: strata's defaults (`nodev,suid,exec`), so that opening
+/// a device node made by a step is refused on both sides.
+pub const KERNEL_MOUNT_FLAGS: &str = "nodev";
+
 /// A layer stack and the steps run on it.
 #[derive(Clone, Debug)]
 pub struct Case {
@@ -122,7 +126,7 @@ fn mount_kernel(lay: &Layout, work: &Path, mnt: &Path) -> Result<KernelMount, St
     let _ = fs::remove_dir_all(work);
     fs::create_dir_all(work).unwrap();
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={},{}",
+        "{KERNEL_MOUNT_FLAGS},lowerdir={},upperdir={},workdir={},{}",
         lay.lowerdir(),
         lay.upper.display(),
         work.display(),
