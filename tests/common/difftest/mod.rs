@@ -244,7 +244,7 @@ impl Run {
         STEPS.fetch_add(1, Ordering::Relaxed);
         let rs = self.s.run(st);
         let rk = self.k.run(st);
-        match compare::step(st, &rs, &rk, self.lenient) {
+        match compare::step(st, &rs, &rk, self.lenient, &self.s_lay.upper) {
             Verdict::Same => None,
             Verdict::Accepted(why) | Verdict::Known(why) => {
                 *compare::TALLY.lock().unwrap().entry(why).or_default() += 1;
@@ -291,6 +291,10 @@ impl Run {
             Err(e) => return Some(divergence("remount:mount".into(), None, e)),
         };
         let k_again = again(&self.k_lay, "k").unwrap_or_else(|e| panic!("{e}"));
+        if std::env::var_os("STRATA_DIFFTEST_KEEP").is_some() {
+            eprintln!("difftest: keeping {}", self.dir.path().display());
+            self.dir.disable_cleanup(true);
+        }
         let diffs = compare::trees(&s_again, &k_again, None, false);
         tree_divergence("remount", &diffs).map(|mut d| {
             d.detail = format!(
@@ -370,7 +374,7 @@ pub fn random_case(seed: u64) -> (Case, Option<Divergence>) {
         Err(d) => return (case, Some(d)),
     };
     for i in 0..n {
-        let st = gen::step(&mut r, &run.view(), &run.slot_kinds());
+        let st = gen::step(&mut r, &run.view(), &run.slot_kinds(), lenient());
         case.steps.push(st.clone());
         if let Some(d) = run.step(i, &st) {
             return (case, Some(d));
@@ -413,6 +417,21 @@ pub fn check_seed(seed: u64) -> Result<(), String> {
         sdiv.detail,
         shrink::reproducer(&small, &sdiv, Some(seed))
     ))
+}
+
+/// Replays a regression case that must diverge exactly as `sig` says (a documented kernel
+/// quirk that the generator avoids); panics if it does not.
+pub fn replay_diverging(layers: &[&str], steps: &[&str], sig: &str) {
+    let case = Case {
+        layers: layers::parse(layers),
+        steps: ops::parse(steps),
+    };
+    let (_, div) = run_case(&case, false);
+    match div {
+        Some(d) if d.sig == sig => {}
+        Some(d) => panic!("expected the divergence {sig}, got {}: {}", d.sig, d.detail),
+        None => panic!("expected the divergence {sig}, but strata and the kernel agree"),
+    }
 }
 
 /// Replays a regression case (layer lines and step lines); panics on a divergence.
