@@ -13,8 +13,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
-    AtFlags, FallocateFlags, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid,
-    XattrFlags, CWD,
+    AtFlags, FallocateFlags, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid, XattrFlags,
+    CWD,
 };
 use rustix::io::Errno;
 
@@ -50,7 +50,8 @@ impl StatV {
             gid: st.st_gid,
             size: (!dir).then_some(st.st_size as u64),
             nlink: st.st_nlink,
-            mtime: (st.st_mtime < OLD_LIMIT).then(|| st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64),
+            mtime: (st.st_mtime < OLD_LIMIT)
+                .then(|| st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64),
         }
     }
 }
@@ -60,9 +61,7 @@ pub enum Val {
     Unit,
     Data { len: usize, digest: u64 },
     Names(Vec<String>),
-    /// `gone`: for `fstat`, whether the name the descriptor was opened by no longer leads
-    /// to the same file (only used to recognise an accepted difference).
-    Stat { st: StatV, gone: bool },
+    Stat(StatV),
     Bytes(Vec<u8>),
 }
 
@@ -112,15 +111,9 @@ pub fn show(r: &Res) -> String {
         Ok(Val::Unit) => "ok".into(),
         Ok(Val::Data { len, digest }) => format!("ok {len} bytes #{digest:016x}"),
         Ok(Val::Names(n)) => format!("ok {n:?}"),
-        Ok(Val::Stat { st, gone }) => format!(
-            "ok mode={:o} uid={} gid={} size={:?} nlink={} mtime={:?}{}",
-            st.mode,
-            st.uid,
-            st.gid,
-            st.size,
-            st.nlink,
-            st.mtime,
-            if *gone { " (name gone)" } else { "" }
+        Ok(Val::Stat(st)) => format!(
+            "ok mode={:o} uid={} gid={} size={:?} nlink={} mtime={:?}",
+            st.mode, st.uid, st.gid, st.size, st.nlink, st.mtime
         ),
         Ok(Val::Bytes(b)) => format!("ok {}", rng::hex(b)),
     }
@@ -212,7 +205,19 @@ impl Side {
 
     /// For each slot: open on a directory (`Some(true)`), on a file, or empty.
     pub fn slot_kinds(&self) -> Vec<Option<bool>> {
-        self.slots.iter().map(|s| s.as_ref().map(|s| s.dir)).collect()
+        self.slots
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.dir))
+            .collect()
+    }
+
+    /// The path slot `i` was opened by, and whether that name no longer leads to the
+    /// file open there (only used to recognise accepted differences).
+    pub fn slot_name(&self, i: usize) -> Option<(String, bool)> {
+        let s = self.slot(i).ok()?;
+        let gone = rustix::fs::statat(CWD, self.p(&s.path), AtFlags::SYMLINK_NOFOLLOW)
+            .map_or(true, |now| now.st_ino != s.ino);
+        Some((s.path.clone(), gone))
     }
 
     /// Closes every descriptor.
@@ -242,7 +247,10 @@ impl Side {
     }
 
     fn slot(&self, i: usize) -> R<&Slot> {
-        self.slots.get(i).and_then(Option::as_ref).ok_or(Errno::BADF)
+        self.slots
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or(Errno::BADF)
     }
 
     /// The sorted names in the directory open as `fd` (read from its start).
@@ -275,7 +283,12 @@ impl Side {
     fn rmrf(&self, p: &Path) -> R<()> {
         let st = rustix::fs::statat(CWD, p, AtFlags::SYMLINK_NOFOLLOW)?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            let fd = rustix::fs::openat(CWD, p, OFlags::RDONLY | OFlags::DIRECTORY | OPEN, Mode::empty())?;
+            let fd = rustix::fs::openat(
+                CWD,
+                p,
+                OFlags::RDONLY | OFlags::DIRECTORY | OPEN,
+                Mode::empty(),
+            )?;
             for n in self.list(&fd)? {
                 self.rmrf(&p.join(n))?;
             }
@@ -342,10 +355,7 @@ impl Side {
             }
             Op::Stat { p, follow } => {
                 let st = f::statat(CWD, self.p(p), nofollow(*follow))?;
-                Ok(Val::Stat {
-                    st: StatV::of(&st),
-                    gone: false,
-                })
+                Ok(Val::Stat(StatV::of(&st)))
             }
             Op::Ls { p } => {
                 let fd = self.open_path(p, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
@@ -368,7 +378,13 @@ impl Side {
                 Ok(Val::Unit)
             }
             Op::Mkfifo { p, mode } => {
-                f::mknodat(CWD, self.p(p), f::FileType::Fifo, Mode::from_raw_mode(*mode), 0)?;
+                f::mknodat(
+                    CWD,
+                    self.p(p),
+                    f::FileType::Fifo,
+                    Mode::from_raw_mode(*mode),
+                    0,
+                )?;
                 Ok(Val::Unit)
             }
             Op::Mknod { p, mode } => {
@@ -487,9 +503,7 @@ impl Side {
                 };
                 self.open_slot(*slot, p, fl)
             }
-            Op::OpenDir { slot, p } => {
-                self.open_slot(*slot, p, OFlags::RDONLY | OFlags::DIRECTORY)
-            }
+            Op::OpenDir { slot, p } => self.open_slot(*slot, p, OFlags::RDONLY | OFlags::DIRECTORY),
             Op::Close { slot } => {
                 self.slot(*slot)?;
                 self.slots[*slot] = None;
@@ -497,11 +511,7 @@ impl Side {
             }
             Op::FRead { slot } => Ok(data(&read_all(&self.slot(*slot)?.fd)?)),
             Op::FLs { slot } => Ok(Val::Names(self.list(&self.slot(*slot)?.fd)?)),
-            Op::FWrite {
-                slot,
-                off,
-                data: d,
-            } => {
+            Op::FWrite { slot, off, data: d } => {
                 rustix::io::pwrite(&self.slot(*slot)?.fd, &d.bytes(), *off)?;
                 Ok(Val::Unit)
             }
@@ -509,16 +519,7 @@ impl Side {
                 f::ftruncate(&self.slot(*slot)?.fd, *len)?;
                 Ok(Val::Unit)
             }
-            Op::FStat { slot } => {
-                let s = self.slot(*slot)?;
-                let st = f::fstat(&s.fd)?;
-                let gone = f::statat(CWD, self.p(&s.path), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_or(true, |now| now.st_ino != s.ino);
-                Ok(Val::Stat {
-                    st: StatV::of(&st),
-                    gone,
-                })
-            }
+            Op::FStat { slot } => Ok(Val::Stat(StatV::of(&f::fstat(&self.slot(*slot)?.fd)?))),
             Op::FChmod { slot, mode } => {
                 f::fchmod(&self.slot(*slot)?.fd, Mode::from_raw_mode(*mode))?;
                 Ok(Val::Unit)
@@ -570,4 +571,3 @@ pub fn xattr_names(buf: &[u8]) -> Vec<String> {
     v.sort();
     v
 }
-

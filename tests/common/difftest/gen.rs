@@ -148,7 +148,11 @@ pub fn step(r: &mut Rng, view: &View, slots: &[Option<bool>], lenient: bool) -> 
         ]);
     }
     let kind = r.weighted(&w);
-    let user = if r.chance(12) { Some(r.pick(USERS)) } else { None };
+    let user = if r.chance(12) {
+        Some(r.pick(USERS))
+    } else {
+        None
+    };
     let follow = r.chance(60);
     let fslot = open_files.first().map(|_| r.pick(&open_files)).unwrap_or(0);
     let dslot = open_dirs.first().map(|_| r.pick(&open_dirs)).unwrap_or(0);
@@ -204,13 +208,14 @@ pub fn step(r: &mut Rng, view: &View, slots: &[Option<bool>], lenient: bool) -> 
         },
         "otrunc" => Op::OTrunc { p: k.file() },
         "read" => Op::Read { p: k.file() },
-        "stat" => Op::Stat {
-            p: k.any(),
-            follow,
-        },
+        "stat" => Op::Stat { p: k.any(), follow },
         "ls" => Op::Ls { p: k.dir() },
         "mkdir" => Op::Mkdir {
-            p: if k.r.chance(60) { k.new_path() } else { k.any() },
+            p: if k.r.chance(60) {
+                k.new_path()
+            } else {
+                k.any()
+            },
             mode: k.r.pick(DIR_MODES),
         },
         "rmdir" => Op::Rmdir { p: k.dir() },
@@ -231,17 +236,29 @@ pub fn step(r: &mut Rng, view: &View, slots: &[Option<bool>], lenient: bool) -> 
             let flag = if kind == "rename" {
                 RenameFlag::Plain
             } else {
-                k.r.pick(&[RenameFlag::NoReplace, RenameFlag::Exchange, RenameFlag::Exchange])
+                k.r.pick(&[
+                    RenameFlag::NoReplace,
+                    RenameFlag::Exchange,
+                    RenameFlag::Exchange,
+                ])
             };
             Op::Rename { a, b, flag }
         }
         "link" => Op::Link {
             a: k.file(),
-            b: if k.r.chance(70) { k.new_path() } else { k.any() },
+            b: if k.r.chance(70) {
+                k.new_path()
+            } else {
+                k.any()
+            },
         },
         "symlink" => Op::Symlink {
             target: k.r.pick(&["a", "b/c", "../a", "x", ".", "f"]).to_string(),
-            p: if k.r.chance(70) { k.new_path() } else { k.any() },
+            p: if k.r.chance(70) {
+                k.new_path()
+            } else {
+                k.any()
+            },
         },
         "chmod" => {
             let p = k.any();
@@ -270,13 +287,25 @@ pub fn step(r: &mut Rng, view: &View, slots: &[Option<bool>], lenient: bool) -> 
             mtime: k.time(),
             follow,
         },
-        "setxattr" => Op::SetXattr {
-            p: k.any(),
-            name: k.xattr(),
-            value: k.value(),
-            flag: k.r.pick(&[XattrFlag::Any, XattrFlag::Any, XattrFlag::Create, XattrFlag::Replace]),
-            follow,
-        },
+        "setxattr" => {
+            let (p, name, value) = (k.any(), k.xattr(), k.value());
+            let mut flag = k.r.pick(&[
+                XattrFlag::Any,
+                XattrFlag::Any,
+                XattrFlag::Create,
+                XattrFlag::Replace,
+            ]);
+            if compare::avoid("stale-attrs-after-failed-setxattr", lenient) {
+                flag = XattrFlag::Any;
+            }
+            Op::SetXattr {
+                p,
+                name,
+                value,
+                flag,
+                follow,
+            }
+        }
         "removexattr" => Op::RemoveXattr {
             p: k.any(),
             name: k.xattr(),
@@ -287,21 +316,28 @@ pub fn step(r: &mut Rng, view: &View, slots: &[Option<bool>], lenient: bool) -> 
             name: k.xattr(),
             follow,
         },
-        "listxattr" => Op::ListXattr {
-            p: k.any(),
-            follow,
-        },
+        "listxattr" => Op::ListXattr { p: k.any(), follow },
         "mkfifo" => Op::Mkfifo {
-            p: if k.r.chance(70) { k.new_path() } else { k.any() },
+            p: if k.r.chance(70) {
+                k.new_path()
+            } else {
+                k.any()
+            },
             mode: 0o644,
         },
         "mknod" => Op::Mknod {
-            p: if k.r.chance(70) { k.new_path() } else { k.any() },
+            p: if k.r.chance(70) {
+                k.new_path()
+            } else {
+                k.any()
+            },
             mode: 0o644,
         },
         "fallocate" => Op::Fallocate {
             p: k.file(),
-            mode: k.r.pick(&[AllocMode::Alloc, AllocMode::KeepSize, AllocMode::Punch]),
+            mode: k
+                .r
+                .pick(&[AllocMode::Alloc, AllocMode::KeepSize, AllocMode::Punch]),
             off: k.r.pick(&[0, 1, 4096, 8192]),
             len: k.r.pick(&[1, 4096, 12288, 100_000]),
         },

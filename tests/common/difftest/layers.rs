@@ -42,7 +42,9 @@ impl Data {
     }
 
     pub fn parse(s: &str) -> Result<Data, String> {
-        let (l, sd) = s.split_once(':').ok_or(format!("data {s:?}: want LEN:SEED"))?;
+        let (l, sd) = s
+            .split_once(':')
+            .ok_or(format!("data {s:?}: want LEN:SEED"))?;
         Ok(Data {
             len: l.parse().map_err(|e| format!("data {s:?}: {e}"))?,
             seed: sd.parse().map_err(|e| format!("data {s:?}: {e}"))?,
@@ -280,8 +282,7 @@ pub fn materialize(entries: &[Entry], root: &Path) -> Layout {
                 true
             }
             Kind::Whiteout => {
-                rustix::fs::mknodat(CWD, &p, FileType::CharacterDevice, Mode::empty(), 0)
-                    .unwrap();
+                rustix::fs::mknodat(CWD, &p, FileType::CharacterDevice, Mode::empty(), 0).unwrap();
                 true
             }
         };
@@ -414,9 +415,9 @@ pub fn generate(r: &mut Rng) -> Vec<Entry> {
             // directory that is upper only, the kernel counts it as an entry (`rmdir` is
             // `ENOTEMPTY`), a state that only offline changes make.
             let hides = depth == 1
-                && out
-                    .iter()
-                    .any(|e: &Entry| e.layer != Layer::Upper && e.path.split('/').next() == Some(comps[0]));
+                && out.iter().any(|e: &Entry| {
+                    e.layer != Layer::Upper && e.path.split('/').next() == Some(comps[0])
+                });
             if kind == "wh" && layer == Layer::Upper && !hides {
                 kind = "file";
             }
@@ -502,4 +503,3 @@ pub fn generate(r: &mut Rng) -> Vec<Entry> {
     }
     out
 }
-

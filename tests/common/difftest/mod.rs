@@ -113,6 +113,9 @@ pub fn report(test: &str, started: Instant, ok: bool) {
 pub struct Run {
     /// Forgive known strata bugs (see `compare::KNOWN_BUGS`).
     lenient: bool,
+    /// An accepted difference left the kernel in a known-wrong state: no more steps, no
+    /// final comparison.
+    pub stopped: bool,
     s: Side,
     k: Side,
     strata: Option<StrataMount>,
@@ -204,10 +207,11 @@ impl Run {
             ));
         }
         let strata = StrataMount::adopt(&smnt);
-        let kernel = mount_kernel(&k_lay, &dir.path().join("k/w"), &kmnt)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let kernel =
+            mount_kernel(&k_lay, &dir.path().join("k/w"), &kmnt).unwrap_or_else(|e| panic!("{e}"));
         let run = Run {
             lenient,
+            stopped: false,
             s: Side::new(&smnt, false),
             k: Side::new(&kmnt, true),
             strata: Some(strata),
@@ -244,10 +248,20 @@ impl Run {
         STEPS.fetch_add(1, Ordering::Relaxed);
         let rs = self.s.run(st);
         let rk = self.k.run(st);
-        match compare::step(st, &rs, &rk, self.lenient, &self.s_lay.upper) {
+        let cx = compare::StepCtx {
+            lenient: self.lenient,
+            s_upper: &self.s_lay.upper,
+            slot: st.op.slot().and_then(|i| self.k.slot_name(i)),
+        };
+        match compare::step(st, &rs, &rk, &cx) {
             Verdict::Same => None,
             Verdict::Accepted(why) | Verdict::Known(why) => {
                 *compare::TALLY.lock().unwrap().entry(why).or_default() += 1;
+                None
+            }
+            Verdict::AcceptedStop(why) => {
+                *compare::TALLY.lock().unwrap().entry(why).or_default() += 1;
+                self.stopped = true;
                 None
             }
             Verdict::Differ => {
@@ -271,6 +285,9 @@ impl Run {
     /// Compares the final trees, unmounts, mounts each side's upper with the kernel and
     /// compares those trees.
     pub fn finish(mut self) -> Option<Divergence> {
+        if self.stopped {
+            return None;
+        }
         let s_tree = compare::snapshot(&self.s.root, false);
         let k_tree = compare::snapshot(&self.k.root, true);
         let diffs = compare::trees(&s_tree, &k_tree, Some(&self.s_lay.upper), self.lenient);
@@ -354,6 +371,9 @@ pub fn run_case(case: &Case, lenient: bool) -> (usize, Option<Divergence>) {
         if let Some(d) = run.step(i, st) {
             return (i + 1, Some(d));
         }
+        if run.stopped {
+            return (i + 1, None);
+        }
     }
     (case.steps.len(), run.finish())
 }
@@ -378,6 +398,9 @@ pub fn random_case(seed: u64) -> (Case, Option<Divergence>) {
         case.steps.push(st.clone());
         if let Some(d) = run.step(i, &st) {
             return (case, Some(d));
+        }
+        if run.stopped {
+            break;
         }
     }
     let d = run.finish();

@@ -239,6 +239,23 @@ fn time(v: Option<i64>) -> String {
 }
 
 impl Op {
+    /// The descriptor slot an operation on a descriptor uses (not `open`: it replaces it).
+    pub fn slot(&self) -> Option<usize> {
+        match self {
+            Op::Close { slot }
+            | Op::FRead { slot }
+            | Op::FLs { slot }
+            | Op::FWrite { slot, .. }
+            | Op::FTrunc { slot, .. }
+            | Op::FStat { slot }
+            | Op::FChmod { slot, .. }
+            | Op::FChown { slot, .. }
+            | Op::FUtimens { slot, .. }
+            | Op::FSetXattr { slot, .. } => Some(*slot),
+            _ => None,
+        }
+    }
+
     /// The name of the operation, as the first word of its line.
     pub fn name(&self) -> &'static str {
         match self {
@@ -474,7 +491,12 @@ impl Step {
         }
         let follow = !matches!(
             name,
-            "lstat" | "lchown" | "lutimens" | "lsetxattr" | "lremovexattr" | "lgetxattr"
+            "lstat"
+                | "lchown"
+                | "lutimens"
+                | "lsetxattr"
+                | "lremovexattr"
+                | "lgetxattr"
                 | "llistxattr"
         );
         let op = match name {

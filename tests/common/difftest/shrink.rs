@@ -15,7 +15,9 @@ pub fn shrink(case: &Case, div: &Divergence, deadline: Instant) -> Case {
     let mut tries = 0usize;
     let mut still = |c: &Case| {
         tries += 1;
-        run_case(c, super::lenient()).1.is_some_and(|d| d.sig == sig)
+        run_case(c, super::lenient())
+            .1
+            .is_some_and(|d| d.sig == sig)
     };
     let mut c = case.clone();
     if let Some(i) = div.step {
@@ -140,4 +142,3 @@ pub fn reproducer(case: &Case, div: &Divergence, seed: Option<u64>) -> String {
     s.push_str("        ],\n    );\n}\n");
     s
 }
-
