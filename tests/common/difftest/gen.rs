@@ -50,6 +50,14 @@ impl Pick<'_> {
             self.any()
         }
     }
+    /// A path that is a regular file now if there is one (else a new name).
+    fn regular_file(&mut self) -> String {
+        if self.files.is_empty() {
+            self.new_path()
+        } else {
+            self.r.pick(&self.files).to_string()
+        }
+    }
     fn dir(&mut self) -> String {
         if self.r.chance(5) {
             ".".into()
@@ -343,7 +351,11 @@ pub fn step(r: &mut Rng, view: &View, slots: &[Option<bool>], lenient: bool) -> 
         },
         "open" => Op::Open {
             slot: newslot,
-            p: k.file(),
+            p: if compare::avoid("reused-ino-second-node", lenient) {
+                k.regular_file()
+            } else {
+                k.file()
+            },
             mode: k.r.pick(&[
                 OpenMode::Read,
                 OpenMode::Read,
