@@ -21,10 +21,6 @@
 //!   rule, documented in the README); kernel overlayfs on ext4 clears it always. Accepted
 //!   for a regular file that is not group-executable and differs in that bit only.
 //!
-//! Known strata bugs (found here, not fixed yet) are forgiven by the random and fixed-seed
-//! runs so that they keep finding new divergences, but never by the `regress_*` tests that
-//! replay them, nor with `STRATA_DIFFTEST_STRICT=1`; see [`KNOWN_BUGS`].
-//!
 //! - `removed-lower-fd-change`: changing metadata (`fchmod`, `fchown`, `futimens`,
 //!   `fsetxattr`) through a descriptor of a lower file or directory whose name is gone fails
 //!   on both: a lower layer is never written. The kernel tries a copy-up and fails with
@@ -36,11 +32,16 @@
 //!   upper then holds the fifo where the mount shows the new file); strata answers
 //!   `ENOENT`. The kernel's state is wrong from there on, so the sequence ends.
 //!
+//! Known strata bugs (found here, not fixed yet) are forgiven by the random and fixed-seed
+//! runs so that they keep finding new divergences, but never by the `regress_*` tests that
+//! replay them, nor with `STRATA_DIFFTEST_STRICT=1`; see [`KNOWN_BUGS`].
+//!
 //! Avoided rather than forgiven (the generator never does these): names starting with
 //! `.wh.` (strata refuses them with `EINVAL`, they would read back as whiteouts), xattrs
 //! named `user.overlay.*` (strata refuses them with `EPERM`: it reads them as overlay
-//! metadata) and `trusted.overlay.*`. Kernel listings leave out names that cannot be looked
-//! up (see `exec`).
+//! metadata) and `trusted.overlay.*`, a whiteout in the starting upper below an upper-only
+//! directory (the kernel then refuses `rmdir` of the directory, see `layers::generate`).
+//! Kernel listings leave out names that cannot be looked up (see `exec`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
