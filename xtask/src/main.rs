@@ -1,4 +1,4 @@
-//! Project glue: `cargo xtask layers | demo | test`.
+//! Project glue: `cargo xtask layers | demo | test | difftest`.
 //!
 //! - `layers`: builds the sample layers of `layers/` (plain files plus `NAME.spec`) into
 //!   `layers/build/NAME`, with real whiteouts, opaque directories and xattrs.
@@ -7,6 +7,8 @@
 //! - `test`: installs what the tests need when it is missing (Debian packages: fuse3,
 //!   python3, buildah, umoci), checks formatting and lints, runs every test, and checks
 //!   no mount was left behind.
+//! - `difftest --seconds N [--seed S]`: the kernel-differential test's random run for N
+//!   seconds (from seed S), longer than CI's.
 
 mod layers;
 
@@ -21,8 +23,11 @@ fn main() -> ExitCode {
         Some("layers") => layers::build_all(&root()).map(|_| ()),
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("difftest") => difftest(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <layers | demo | test [-- ARGS FOR THE TEST RUNNER]>".to_string(),
+            "usage: cargo xtask <layers | demo | test [-- ARGS FOR THE TEST RUNNER] \
+             | difftest --seconds N [--seed S]>"
+                .to_string(),
         ),
     };
     match r {
@@ -134,12 +139,7 @@ fn test(extra: &[String]) -> Result {
     ]))?;
     run(cargo().args(["build", "--workspace"]))?;
     let extra: Vec<&String> = extra.iter().skip_while(|a| *a == "--").collect();
-    let nextest = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["nextest", "--version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    let r = if nextest {
+    let r = if has_nextest() {
         run(cargo()
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
             .args(&extra))
@@ -156,6 +156,83 @@ fn test(extra: &[String]) -> Result {
             }
         }
         return Err(format!("tests left mounts behind: {left:?}"));
+    }
+    r
+}
+
+fn has_nextest() -> bool {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Checks what a mounting test run needs: root and `/dev/fuse`.
+fn can_mount(what: &str) -> Result {
+    if !is_root() {
+        return Err(format!(
+            "{what} mounts filesystems: run `cargo xtask {what}` as root"
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(format!("/dev/fuse is missing: {what} cannot run here"));
+    }
+    Ok(())
+}
+
+/// `difftest --seconds N [--seed S]`: builds, then runs the differential test's random run
+/// with `STRATA_DIFFTEST_SECONDS=N` (and `STRATA_DIFFTEST_SEED=S`), its output shown.
+fn difftest(args: &[String]) -> Result {
+    let usage = "usage: cargo xtask difftest --seconds N [--seed S]";
+    let (mut seconds, mut seed) = (None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> Result<u64> {
+            let v = it.next().ok_or(format!("{name} needs a number; {usage}"))?;
+            v.parse()
+                .map_err(|_| format!("{name} {v:?} is not a number; {usage}"))
+        };
+        match a.as_str() {
+            "--seconds" => seconds = Some(num("--seconds")?),
+            "--seed" => seed = Some(num("--seed")?),
+            _ => return Err(format!("unknown argument {a:?}; {usage}")),
+        }
+    }
+    let seconds = seconds.ok_or(usage.to_string())?;
+    can_mount("difftest")?;
+    run(cargo().args(["build", "--tests", "--package", "strata"]))?;
+    let mut cmd = cargo();
+    if has_nextest() {
+        cmd.args([
+            "nextest",
+            "run",
+            "--test",
+            "difftest",
+            "--no-capture",
+            "--",
+            "--exact",
+            "random_time_bounded",
+        ]);
+    } else {
+        cmd.args([
+            "test",
+            "--test",
+            "difftest",
+            "--",
+            "--exact",
+            "random_time_bounded",
+            "--nocapture",
+        ]);
+    }
+    cmd.env("STRATA_DIFFTEST_SECONDS", seconds.to_string());
+    if let Some(s) = seed {
+        cmd.env("STRATA_DIFFTEST_SEED", s.to_string());
+    }
+    let r = run(&mut cmd);
+    let left = leftover_mounts();
+    if !left.is_empty() {
+        return Err(format!("the difftest left mounts behind: {left:?}"));
     }
     r
 }
