@@ -138,7 +138,15 @@ impl StrataFs {
     fn entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
         self.flush_changed();
         match r {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => {
+                // A lower hard link's names are linked to its copy one by one, by the
+                // calls that come through them: strata must see every lookup of one.
+                let ttl = match self.union.per_name(a.ino) {
+                    true => Duration::ZERO,
+                    false => self.ttl,
+                };
+                reply.entry(&ttl, &file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(err(e)),
         }
     }

@@ -444,8 +444,12 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(
         }
         pos = hole;
     }
-    // A trailing hole: give the copy its full length.
-    rustix::fs::ftruncate(dst, len)
+    // A trailing hole: give the copy its full length (only if it lacks it: a truncate
+    // to the same size would still set the file's modification time).
+    if stat_fd(dst)?.st_size < i64::try_from(len).unwrap_or(i64::MAX) {
+        rustix::fs::ftruncate(dst, len)?;
+    }
+    Ok(())
 }
 
 fn copy_by_hand(

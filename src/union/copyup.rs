@@ -15,7 +15,6 @@ use rustix::fs::{Mode, OFlags, RenameFlags};
 
 use super::inode::{DataLayer, DirLayer, NodeKind, ROOT_ID};
 use super::layer::{self, LayerIdx};
-use super::lookup::Resolved;
 use super::Union;
 use crate::error::{Errno, Result};
 use crate::sys;
@@ -53,24 +52,53 @@ impl Union {
     /// Makes sure node `id` has its own complete copy in the upper layer, data included
     /// (the data of a metadata-only copy is copied now).
     pub(super) fn copy_up(&self, id: u64) -> Result<()> {
-        self.copy_up_as(id, false)
+        self.copy_up_as(id, false, None)
     }
 
     /// Makes sure node `id` has its own copy in the upper layer, for a change of its
     /// metadata only: with `metacopy`, the data of a regular file stays where it is.
     pub(super) fn copy_up_meta(&self, id: u64) -> Result<()> {
-        self.copy_up_as(id, self.opts.metacopy && self.root)
+        self.copy_up_as(id, self.opts.metacopy && self.root, None)
     }
 
-    fn copy_up_as(&self, id: u64, meta_only: bool) -> Result<()> {
+    /// [`Union::copy_up_meta`] for a call that came through `name` in `parent` (which
+    /// matters for a lower hard link: that name is the one linked to the copy).
+    pub(super) fn copy_up_via(&self, id: u64, parent: u64, name: &OsStr) -> Result<()> {
+        let via = (parent, name.to_os_string());
+        self.copy_up_as(id, self.opts.metacopy && self.root, Some(via))
+    }
+
+    fn copy_up_as(&self, id: u64, meta_only: bool, via: Option<(u64, OsString)>) -> Result<()> {
         let upper = self.stack.upper()?;
-        let (layer, data) = {
+        let (layer, data, index, via) = {
             let inodes = self.inodes.lock();
             let node = inodes.get(id).ok_or(Errno::ENOENT)?;
-            (node.layer, node.kind.data().cloned())
+            // The name the call came through: said, or the one last looked up.
+            let via = via.or_else(|| {
+                let last = node.last_name.clone()?;
+                node.names.contains(&last).then_some(last)
+            });
+            let kind = &node.kind;
+            (
+                node.layer,
+                kind.data().cloned(),
+                kind.index().map(OsStr::to_os_string),
+                via,
+            )
         };
         if id == ROOT_ID {
             return Ok(());
+        }
+        if let Some(key) = index {
+            // Copied into the index already: the data too if the call needs it, and the
+            // name the call came through is linked to the copy.
+            if let Some(d) = data.filter(|_| !meta_only) {
+                self.copy_up_data(id, &d)?;
+            }
+            return match via {
+                Some(name) => self.link_to_index(&key, &name, None),
+                None => Ok(()),
+            };
         }
         if layer == upper {
             return match data {
@@ -78,7 +106,10 @@ impl Union {
                 _ => Ok(()),
             };
         }
-        let (parent, name) = self.first_name(id)?;
+        let (parent, name) = match via {
+            Some(v) => v,
+            None => self.first_name(id)?,
+        };
         self.copy_up(parent)?;
         let dir = self.upper_path(parent)?;
         // Where the copy comes from: below a renamed directory, not the merged path.
@@ -100,7 +131,13 @@ impl Union {
             .ok()
             .and_then(|fd| self.stack.index_name(layer, fd.as_fd()));
             if let Some(key) = key {
-                return self.copy_up_indexed(id, layer, &key, src_dir.as_fd(), src_name, &st);
+                let source = (src_dir.as_fd(), src_name, &st);
+                let meta_only = meta_only && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+                let data = meta_only.then(|| DataLayer {
+                    layer,
+                    path: Arc::from(src.as_path()),
+                });
+                return self.copy_up_indexed(id, &key, source, data, (parent, name));
             }
         }
         let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
@@ -175,146 +212,121 @@ impl Union {
         Ok(())
     }
 
-    /// Copies up node `id`, a lower hard link (the entry `name` of `src_dir` in layer
-    /// `layer`), the kernel's way with `index=on`: its one copy is the index entry `key`
-    /// (made now unless another name made it), and every name the node is known by is
-    /// linked to it. The nlink xattr keeps the count of names through the mount.
+    /// Copies up node `id`, a lower hard link (`source`: the entry `name` of `dir` in
+    /// layer `layer`, and its stat), the kernel's way with `index=on`: its one copy is the
+    /// index entry `key`, shared by all its names; `via`, the name the call came through,
+    /// is linked to it. The nlink xattr keeps the count of names through the mount.
     fn copy_up_indexed(
         &self,
         id: u64,
-        layer: LayerIdx,
         key: &OsStr,
-        src_dir: BorrowedFd<'_>,
-        name: &OsStr,
-        st: &sys::Stat,
+        source: (BorrowedFd<'_>, &OsStr, &sys::Stat),
+        data_below: Option<DataLayer>,
+        via: (u64, OsString),
     ) -> Result<()> {
-        let upper = self.stack.upper()?;
+        let (dir, name, st) = source;
+        let layer = self.inodes.lock().get(id).ok_or(Errno::ENOENT)?.layer;
         let index = self.stack.index_dir(true)?.ok_or(Errno::EROFS)?;
-        let nlink_attr = OsStr::new(layer::NLINK_XATTR);
-        // The count of names through the mount: what the entry says, or the lower's.
-        let nlink = match sys::stat_at(index, key) {
-            Ok(ist) => {
-                let entry = sys::open_beneath(index, Path::new(key), OFlags::PATH, 0)?;
-                sys::xattr_get(entry.as_fd(), nlink_attr)?
-                    .and_then(|v| layer::overlay_nlink(&v, ist.st_nlink, Some(st.st_nlink)))
-                    .unwrap_or(st.st_nlink)
+        if let Err(rustix::io::Errno::NOENT) = sys::stat_at(index, key) {
+            // The data, unless the copy is metadata only (then it stays in `data_below`).
+            let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+            let data = match regular && data_below.is_none() {
+                true => Some(sys::open_beneath(
+                    dir,
+                    Path::new(name),
+                    OFlags::RDONLY | OFlags::NOFOLLOW,
+                    0,
+                )?),
+                false => None,
+            };
+            let source = Source {
+                layer,
+                dir,
+                name,
+                st,
+                data: data.as_ref().map(|d| d.as_fd()),
+            };
+            let work = self.stack.work()?;
+            let tmp = self.stack.tmp_name();
+            let placed = self.copy_entry(&source, work, &tmp).and_then(|_| {
+                // Every lower name counts; none is linked yet.
+                let value = layer::nlink_value(st.st_nlink, 1);
+                let fd = sys::open_beneath(work, Path::new(&tmp), OFlags::PATH, 0)?;
+                sys::xattr_set(fd.as_fd(), OsStr::new(layer::NLINK_XATTR), &value, 0)?;
+                Ok(sys::rename_at(
+                    work,
+                    &tmp,
+                    index,
+                    key,
+                    RenameFlags::NOREPLACE,
+                )?)
+            });
+            if let Err(e) = placed {
+                self.discard(work, &tmp);
+                return Err(e);
             }
-            Err(rustix::io::Errno::NOENT) => {
-                let data = match st.st_mode & libc::S_IFMT {
-                    libc::S_IFREG => Some(sys::open_beneath(
-                        src_dir,
-                        Path::new(name),
-                        OFlags::RDONLY | OFlags::NOFOLLOW,
-                        0,
-                    )?),
-                    _ => None,
-                };
-                let source = Source {
-                    layer,
-                    dir: src_dir,
-                    name,
-                    st,
-                    data: data.as_ref().map(|d| d.as_fd()),
-                };
-                let work = self.stack.work()?;
-                let tmp = self.stack.tmp_name();
-                let placed = self.copy_entry(&source, work, &tmp).and_then(|_| {
-                    Ok(sys::rename_at(
-                        work,
-                        &tmp,
-                        index,
-                        key,
-                        RenameFlags::NOREPLACE,
-                    )?)
-                });
-                if let Err(e) = placed {
-                    self.discard(work, &tmp);
-                    return Err(e);
-                }
-                st.st_nlink
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.attrs_changed(id);
-        let names = self
-            .inodes
-            .lock()
-            .get(id)
-            .map(|n| n.names.clone())
-            .unwrap_or_default();
-        self.link_to_index(key, &names, nlink)?;
-        if let Some(node) = self.inodes.lock().get_mut(id) {
-            node.layer = upper;
         }
+        if let Some(node) = self.inodes.lock().get_mut(id) {
+            node.layer = self.stack.index_layer();
+            if let NodeKind::NotDir { index, data, .. } = &mut node.kind {
+                *index = Some(Arc::from(key));
+                *data = data_below;
+            }
+        }
+        self.attrs_changed(id);
         if let Err(e) = self.repoint_handles(id) {
             log::warn!("open handles of node {id} still read the lower file: {e}");
         }
-        Ok(())
+        self.link_to_index(key, &via, None)
     }
 
-    /// Links the names `names` (parent, name) to index entry `key` in the upper layer,
-    /// and records that the file has `nlink` names through the mount.
-    fn link_to_index(&self, key: &OsStr, names: &[(u64, OsString)], nlink: u64) -> Result<()> {
+    /// Links `name` in `parent` (a name of the hard link copied into the index as `key`)
+    /// to the copy, unless it is linked already; the count of names through the mount
+    /// stays (`nlink` sets it instead).
+    fn link_to_index(&self, key: &OsStr, via: &(u64, OsString), nlink: Option<u64>) -> Result<()> {
+        let (parent, name) = via;
         let upper = self.stack.upper()?;
         let index = self.stack.index_dir(true)?.ok_or(Errno::EROFS)?;
-        for (parent, n) in names {
-            self.copy_up(*parent)?;
-            let dir = self.stack.open_dir(upper, &self.upper_path(*parent)?)?;
-            let parent_st = sys::stat_fd(dir.as_fd())?;
-            rustix::fs::linkat(index, key, dir.as_fd(), n, rustix::fs::AtFlags::empty())?;
-            set_impure(dir.as_fd());
-            sys::utimens_fd(dir.as_fd(), atime(&parent_st), mtime(&parent_st))?;
-        }
         let entry = sys::open_beneath(index, Path::new(key), OFlags::PATH, 0)?;
-        let upper_links = sys::stat_fd(entry.as_fd())?.st_nlink;
-        let value = layer::nlink_value(nlink, upper_links);
-        sys::xattr_set(entry.as_fd(), OsStr::new(layer::NLINK_XATTR), &value, 0)?;
+        let before = sys::stat_fd(entry.as_fd())?;
+        let nlink_attr = OsStr::new(layer::NLINK_XATTR);
+        let nlink = match nlink {
+            Some(n) => n,
+            None => sys::xattr_get(entry.as_fd(), nlink_attr)?
+                .and_then(|v| layer::overlay_nlink(&v, before.st_nlink, None))
+                .unwrap_or(before.st_nlink),
+        };
+        self.copy_up(*parent)?;
+        let dir = self.stack.open_dir(upper, &self.upper_path(*parent)?)?;
+        match sys::stat_at(dir.as_fd(), name) {
+            Ok(st) if st.st_ino == before.st_ino => return Ok(()),
+            Ok(_) => return Err(Errno::EEXIST),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let parent_st = sys::stat_fd(dir.as_fd())?;
+        rustix::fs::linkat(index, key, dir.as_fd(), name, rustix::fs::AtFlags::empty())?;
+        set_impure(dir.as_fd());
+        sys::utimens_fd(dir.as_fd(), atime(&parent_st), mtime(&parent_st))?;
+        let value = layer::nlink_value(nlink, before.st_nlink + 1);
+        sys::xattr_set(entry.as_fd(), nlink_attr, &value, 0)?;
         Ok(())
-    }
-
-    /// Links `name` in `parent`, a lower hard link whose file another name copied up
-    /// (`r` as [`Union::resolve`] found it: `indexed`), to that copy.
-    pub(super) fn link_up(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<()> {
-        let dir = self
-            .dir_info(parent)?
-            .into_iter()
-            .find(|(l, _)| *l == r.layer)
-            .map(|(_, p)| p)
-            .ok_or(Errno::ENOENT)?;
-        let dfd = self.stack.open_dir(r.layer, &dir)?;
-        let fd = sys::open_beneath(
-            dfd.as_fd(),
-            Path::new(name),
-            OFlags::PATH | OFlags::NOFOLLOW,
-            0,
-        )?;
-        let key = self
-            .index_entry(r.layer, fd.as_fd())?
-            .ok_or(Errno::ENOENT)?;
-        let index = self.stack.index_dir(false)?.ok_or(Errno::ENOENT)?;
-        let entry = sys::open_beneath(index, Path::new(&key), OFlags::PATH, 0)?;
-        let links = sys::stat_fd(entry.as_fd())?.st_nlink;
-        let nlink = sys::xattr_get(entry.as_fd(), OsStr::new(layer::NLINK_XATTR))?
-            .and_then(|v| layer::overlay_nlink(&v, links, Some(r.st.st_nlink)))
-            .unwrap_or(r.st.st_nlink);
-        self.link_to_index(&key, &[(parent, name.to_os_string())], nlink)
     }
 
     /// Copies the data of metadata-only copy `id` from `data` into its upper file, then
     /// drops the metacopy mark. Readers go on reading the lower data until the copy is
-    /// complete; the file's times stay as they were.
+    /// complete. Copying the data is a write: the file's modification time becomes now,
+    /// as with the kernel (which a mount of the upper by the kernel then agrees with).
     fn copy_up_data(&self, id: u64, data: &DataLayer) -> Result<()> {
-        let upper = self.stack.upper()?;
-        let path = self.upper_path(id)?;
-        let dst = self.stack.open(upper, &path, OFlags::WRONLY)?;
-        let before = sys::stat_fd(dst.as_fd())?;
+        // The node's own copy: its upper file, or its index entry.
+        let (layer, path, _) = self.node_info(id)?;
+        let dst = self.stack.open(layer, &path, OFlags::WRONLY)?;
         let src = self.stack.open(data.layer, &data.path, OFlags::RDONLY)?;
         let len = u64::try_from(sys::stat_fd(src.as_fd())?.st_size).unwrap_or(0);
         sys::copy_data(src.as_fd(), dst.as_fd(), len)?;
         if self.opts.fsync {
             rustix::fs::fsync(dst.as_fd())?;
         }
-        sys::utimens_fd(dst.as_fd(), atime(&before), mtime(&before))?;
         match sys::xattr_remove(dst.as_fd(), OsStr::new(layer::METACOPY_XATTR)) {
             Ok(()) | Err(rustix::io::Errno::NODATA) => {}
             Err(e) => return Err(e.into()),
@@ -324,6 +336,7 @@ impl Union {
                 *data = None;
             }
         }
+        self.attrs_changed(id);
         if let Err(e) = self.repoint_handles(id) {
             log::warn!("open handles of node {id} still read the lower file: {e}");
         }

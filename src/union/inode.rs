@@ -9,7 +9,7 @@
 //! large as the kernel's own inode cache and no larger.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -51,7 +51,13 @@ pub enum NodeKind {
     Dir { layers: Vec<DirLayer> },
     /// Anything else; `fmt` is the `S_IFMT` bits. `data` is set for a metadata-only copy
     /// (metacopy): the upper file has the metadata, the data is still in a lower layer.
-    NotDir { fmt: u32, data: Option<DataLayer> },
+    /// `index` is set for a copied-up lower hard link: its name in the index, where the
+    /// one copy all its names share is.
+    NotDir {
+        fmt: u32,
+        data: Option<DataLayer>,
+        index: Option<Arc<OsStr>>,
+    },
 }
 
 /// Where the data of a metadata-only copy is: a lower layer and the file's path in it.
@@ -72,7 +78,19 @@ impl NodeKind {
 
     /// A kind that is not a directory, with no data elsewhere.
     pub fn plain(fmt: u32) -> NodeKind {
-        NodeKind::NotDir { fmt, data: None }
+        NodeKind::NotDir {
+            fmt,
+            data: None,
+            index: None,
+        }
+    }
+
+    /// The index name of a copied-up lower hard link.
+    pub fn index(&self) -> Option<&OsStr> {
+        match self {
+            NodeKind::NotDir { index, .. } => index.as_deref(),
+            NodeKind::Dir { .. } => None,
+        }
     }
 
     /// Where the data of a metadata-only copy is.
@@ -113,6 +131,11 @@ pub struct Node {
     pub names: Vec<(u64, OsString)>,
     /// The kernel's lookup count (over every generation of this id).
     pub lookups: u64,
+    /// The name last looked up: a call on the node (an open, a chmod) came through it.
+    pub last_name: Option<(u64, OsString)>,
+    /// A lower hard link whose names are linked to its copy one by one (see
+    /// `Resolved::per_name`).
+    pub per_name: bool,
 
     /// Set once the node's last name was removed: its attributes at that moment.
     pub removed: Option<Attr>,
@@ -163,6 +186,8 @@ impl Inodes {
                 layer,
                 names: Vec::new(),
                 lookups: 1,
+                last_name: None,
+                per_name: false,
                 removed: None,
             },
         );
@@ -211,6 +236,8 @@ impl Inodes {
             layer,
             names: Vec::new(),
             lookups: 0,
+            last_name: None,
+            per_name: false,
             removed: None,
         });
         node.kind = kind;
@@ -224,6 +251,7 @@ impl Inodes {
         }
         if count {
             node.lookups += 1;
+            node.last_name = Some((parent, name.clone()));
         }
         for old in dropped {
             self.by_name.remove(&old);

@@ -202,8 +202,10 @@ impl Stack {
         self.has_upper
     }
 
+    /// Whether layer `l` is writable: the upper layer, or the index below the work
+    /// directory (on the upper layer's filesystem).
     pub fn is_upper(&self, l: LayerIdx) -> bool {
-        self.has_upper && l == 0
+        self.has_upper && (l == 0 || l == self.index_layer())
     }
 
     /// The work directory (present whenever there is an upper).
@@ -219,12 +221,17 @@ impl Stack {
 
     /// Opens `rel` in layer `l` with `flags` (always `O_NOFOLLOW` and confined).
     pub fn open(&self, l: LayerIdx, rel: &Path, flags: OFlags) -> Result<OwnedFd> {
-        Ok(sys::open_beneath(
-            self.layers[l].root.as_fd(),
-            rel,
-            flags | OFlags::NOFOLLOW,
-            0,
-        )?)
+        let root = match l == self.index_layer() {
+            true => self.index.get().ok_or(Errno::ENOENT)?.as_fd(),
+            false => self.layers[l].root.as_fd(),
+        };
+        Ok(sys::open_beneath(root, rel, flags | OFlags::NOFOLLOW, 0)?)
+    }
+
+    /// The pseudo-layer of the hard-link index: a copied-up lower hard link lives there
+    /// (under its index name), written like the upper layer, whatever names it has.
+    pub fn index_layer(&self) -> LayerIdx {
+        self.layers.len()
     }
 
     /// An `O_PATH` descriptor of the directory `rel` in layer `l`.
@@ -238,7 +245,11 @@ impl Stack {
         if !self.xino {
             return (ino > 1).then_some(ino);
         }
-        let fs = self.layers[l].fs_index + 1;
+        let fs = self
+            .layers
+            .get(l)
+            .map_or(self.layers[0].fs_index, |l| l.fs_index)
+            + 1;
         (ino < (1 << XINO_SHIFT)).then_some((fs << XINO_SHIFT) | ino)
     }
 }

@@ -34,9 +34,12 @@ pub(super) struct Resolved {
     pub ident: Option<u64>,
     /// Whether every name with this identity is the same file (see `Inodes::found`).
     pub shared: bool,
-    /// A lower hard link whose inode was copied up into the index by another name: this
-    /// name must be linked to the copy before it is used.
-    pub indexed: bool,
+    /// A lower hard link while strata keeps its names together: each name is linked to
+    /// the copy in the index when a call through it changes the file (as the kernel
+    /// does), so which name a call came through matters.
+    pub per_name: bool,
+    /// The name is in the upper layer (for an indexed hard link: linked to the copy).
+    pub upper_name: bool,
 }
 
 /// One entry of a merged listing.
@@ -50,6 +53,11 @@ pub struct DirEntry {
 
 fn is_dir(st: &sys::Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// The index directory, which a found index entry shows exists.
+fn index_dir(u: &Union) -> Result<BorrowedFd<'_>> {
+    u.stack.index_dir(false)?.ok_or(Errno::ENOENT)
 }
 
 fn is_reg(st: &sys::Stat) -> bool {
@@ -221,11 +229,12 @@ impl Union {
                 st,
                 ident: self.stack.ino_of(bottom, bottom_ino),
                 shared: true,
-                indexed: false,
+                per_name: false,
+                upper_name: self.stack.is_upper(l),
                 kind: NodeKind::Dir { layers: dir_layers },
             }));
         }
-        let data = match data {
+        let mut data = match data {
             Some((d, data_st)) => {
                 // As the kernel: the blocks are those of the data.
                 st.st_blocks = data_st.st_blocks;
@@ -239,51 +248,112 @@ impl Union {
         };
         let upper = self.stack.is_upper(l);
         let hard_link = !upper && st.st_nlink > 1;
-        let indexed = hard_link && self.indexing() && {
+        let ident = origin.or_else(|| self.stack.ino_of(l, st.st_ino));
+        // A hard link copied up into the index: its one copy is there, for every name.
+        let mut index = None;
+        let mut layer = l;
+        if st.st_nlink > 1 && self.indexing() {
             let dir = self.stack.open_dir(l, &top_dir)?;
-            let fd = sys::open_beneath(
-                dir.as_fd(),
-                Path::new(name),
-                OFlags::PATH | OFlags::NOFOLLOW,
-                0,
-            )?;
-            self.index_entry(l, fd.as_fd())?.is_some()
-        };
-        if upper && st.st_nlink > 1 {
-            let dir = self.stack.open_dir(l, &top_dir)?;
-            let nlink = sys::xattr_get_at(dir.as_fd(), name, OsStr::new(layer::NLINK_XATTR));
-            if let Ok(Some(v)) = nlink {
-                st.st_nlink = layer::overlay_nlink(&v, st.st_nlink, None).unwrap_or(st.st_nlink);
+            if let Some((key, ist)) = self.index_entry_of(l, dir.as_fd(), name, &st)? {
+                layer = self.stack.index_layer();
+                // A metadata-only copy in the index: its data is the lower file.
+                if data.is_none() && !upper && self.is_metacopy(index_dir(self)?, &key)? {
+                    let path = Arc::from(top_dir.join(name).as_path());
+                    data = Some(DataLayer { layer: l, path });
+                }
+                let blocks = st.st_blocks;
+                st = ist;
+                if data.is_some() {
+                    st.st_blocks = blocks;
+                }
+                index = Some(Arc::from(key.as_os_str()));
             }
         }
+        if self.stack.is_upper(layer) && st.st_nlink > 1 {
+            st.st_nlink = self.overlay_nlink(layer, &top_dir, name, &index, st.st_nlink);
+        }
         Ok(Some(Resolved {
-            layer: l,
+            layer,
             st,
-            ident: origin.or_else(|| self.stack.ino_of(l, st.st_ino)),
+            ident,
             // Without an index, lower hard links part ways on copy-up: a node per name.
             shared: !hard_link || self.indexing() || !self.stack.has_upper(),
-            indexed,
+            per_name: self.indexing() && (hard_link || index.is_some()),
+            upper_name: upper,
             kind: NodeKind::NotDir {
                 fmt: st.st_mode & libc::S_IFMT,
                 data,
+                index,
             },
         }))
+    }
+
+    /// For `name` in `dir` of layer `l` (stat `st`): its index entry (name and stat) if it
+    /// is a hard link whose copy is in the index: a lower file the index holds a copy of,
+    /// or an upper name linked to an index entry.
+    fn index_entry_of(
+        &self,
+        l: LayerIdx,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &sys::Stat,
+    ) -> Result<Option<(OsString, sys::Stat)>> {
+        let Some(index) = self.stack.index_dir(false)? else {
+            return Ok(None);
+        };
+        let key = if self.stack.is_upper(l) {
+            let nlink = sys::xattr_get_at(dir, name, OsStr::new(layer::NLINK_XATTR));
+            let origin = sys::xattr_get_at(dir, name, OsStr::new(layer::ORIGIN_XATTR));
+            match (nlink, origin) {
+                (Ok(Some(_)), Ok(Some(o))) => layer::index_key(&o),
+                _ => return Ok(None),
+            }
+        } else {
+            let fd = sys::open_beneath(dir, Path::new(name), OFlags::PATH | OFlags::NOFOLLOW, 0)?;
+            match self.stack.index_name(l, fd.as_fd()) {
+                Some(key) => key,
+                None => return Ok(None),
+            }
+        };
+        match sys::stat_at(index, &key) {
+            // An upper name must be a link of the entry itself.
+            Ok(ist) if !self.stack.is_upper(l) || ist.st_ino == st.st_ino => Ok(Some((key, ist))),
+            Ok(_) | Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The link count through the mount of the upper (or index) file `name` in `dir` (or
+    /// `index`) with `links` links: what its nlink xattr says, if it has one.
+    fn overlay_nlink(
+        &self,
+        l: LayerIdx,
+        dir: &Path,
+        name: &OsStr,
+        index: &Option<Arc<OsStr>>,
+        links: u64,
+    ) -> u64 {
+        let attr = OsStr::new(layer::NLINK_XATTR);
+        let value = match index {
+            Some(key) => self
+                .stack
+                .open(l, Path::new(key.as_ref()), OFlags::PATH)
+                .ok()
+                .and_then(|fd| sys::xattr_get(fd.as_fd(), attr).ok().flatten()),
+            None => self
+                .stack
+                .open_dir(l, dir)
+                .ok()
+                .and_then(|d| sys::xattr_get_at(d.as_fd(), name, attr).ok().flatten()),
+        };
+        value
+            .and_then(|v| layer::overlay_nlink(&v, links, None))
+            .unwrap_or(links)
     }
 
     /// Whether lower hard links keep together through copy-up (the index is in use).
     pub(super) fn indexing(&self) -> bool {
         self.opts.index && self.root && self.stack.has_upper()
-    }
-
-    /// The name of the index entry of `fd` (a file of lower layer `l`), if it has one.
-    pub(super) fn index_entry(&self, l: LayerIdx, fd: BorrowedFd<'_>) -> Result<Option<OsString>> {
-        let Some(index) = self.stack.index_dir(false)? else {
-            return Ok(None);
-        };
-        let Some(key) = self.stack.index_name(l, fd) else {
-            return Ok(None);
-        };
-        Ok(sys::exists_at(index, &key)?.then_some(key))
     }
 
     /// Whether the regular file `name` in `dir` is a metadata-only copy.
@@ -341,7 +411,8 @@ impl Union {
             ino: r.ident,
             shared: r.shared,
         };
-        let id = self.inodes.lock().found(
+        let mut inodes = self.inodes.lock();
+        let id = inodes.found(
             parent,
             &name.to_os_string(),
             ident,
@@ -349,6 +420,9 @@ impl Union {
             r.layer,
             count,
         );
+        if let Some(n) = inodes.get_mut(id) {
+            n.per_name = r.per_name;
+        }
         Attr::of_node(id, &r.st, &r.kind)
     }
     /// Looks `name` up in directory `parent`; the kernel now holds one more reference.
@@ -357,23 +431,16 @@ impl Union {
     /// `ENOENT` when the name is not visible, `ENAMETOOLONG`, or the errno of a layer.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         check_name(name)?;
-        {
-            let _ns = self.ns.read();
-            let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
-            if !r.indexed {
-                return Ok(self.remember(parent, name, r, true));
-            }
-        }
-        // A name of a hard link copied up by another name: link it to the copy first, so
-        // that every name shows the same file.
-        let _ns = self.ns.write();
-        let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
-        if !r.indexed {
-            return Ok(self.remember(parent, name, r, true));
-        }
-        self.link_up(parent, name, &r)?;
+        let _ns = self.ns.read();
         let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
         Ok(self.remember(parent, name, r, true))
+    }
+
+    /// Whether the kernel should look `id` up again at every use of a name of it: a lower
+    /// hard link whose names are linked to its copy one by one, as calls come through them.
+    pub fn per_name(&self, id: u64) -> bool {
+        let inodes = self.inodes.lock();
+        inodes.get(id).is_some_and(|n| n.per_name)
     }
 
     /// Attributes of node `id`.

@@ -231,6 +231,10 @@ impl Union {
     /// The path of node `id` in layer `l`: the merged path in the upper layer; in a lower
     /// layer, where the lookup found it (below a renamed directory, the redirect's path).
     fn path_in(&self, inodes: &Inodes, id: u64, l: LayerIdx) -> Result<PathBuf> {
+        if l == self.stack.index_layer() {
+            let node = inodes.get(id).ok_or(Errno::ENOENT)?;
+            return Ok(PathBuf::from(node.kind.index().ok_or(Errno::ENOENT)?));
+        }
         if self.stack.is_upper(l) {
             return Self::path_of(inodes, id);
         }

@@ -304,7 +304,8 @@ impl Union {
                 kind,
                 ident: self.stack.ino_of(upper, st.st_ino),
                 shared: true,
-                indexed: false,
+                per_name: false,
+                upper_name: true,
             },
             fd,
         ))
@@ -401,10 +402,15 @@ impl Union {
         }
         self.copy_up(id)?;
         self.copy_up(new_parent)?;
-        let (src_parent, src_name) = self.first_name(id)?;
-        let src_dir = self.upper_path(src_parent)?;
+        // The file to link: its upper copy (or, for a lower hard link, the index entry).
+        let (layer, path, _) = self.node_info(id)?;
+        let src_name = path.file_name().ok_or(Errno::EINVAL)?.to_os_string();
+        let sdir = self.stack.open(
+            layer,
+            path.parent().unwrap_or(Path::new("")),
+            OFlags::PATH | OFlags::DIRECTORY,
+        )?;
         let dst_dir = self.upper_path(new_parent)?;
-        let sdir = self.stack.open_dir(upper, &src_dir)?;
         let ddir = self.stack.open_dir(upper, &dst_dir)?;
         match self.upper_whiteout(ddir.as_fd(), new_name)? {
             Whiteout::Device => {
@@ -474,9 +480,7 @@ impl Union {
     /// up into the index, as the kernel does, so its other names keep counting right.
     /// Returns what the name is now.
     fn before_losing_a_link(&self, parent: u64, name: &OsStr, r: Resolved) -> Result<Resolved> {
-        let lower_link =
-            !self.stack.is_upper(r.layer) && r.kind.dir_len() == 0 && r.st.st_nlink > 1;
-        if !lower_link || !self.indexing() {
+        if !r.per_name || r.upper_name {
             return Ok(r);
         }
         self.copy_up_entry(parent, name, &r)?;
@@ -522,11 +526,11 @@ impl Union {
         let dir = self.upper_path(parent)?;
         let udir = self.stack.open_dir(upper, &dir)?;
         let is_dir = matches!(r.kind, NodeKind::Dir { .. });
-        let index_key = match r.layer == upper && !is_dir {
+        let index_key = match r.upper_name && !is_dir {
             true => self.index_key_of(udir.as_fd(), name),
             false => None,
         };
-        if r.layer != upper {
+        if !r.upper_name {
             self.write_whiteout(udir.as_fd(), name)?;
         } else if is_dir {
             // Swap the upper directory (which holds only whiteouts) out in one step, then
@@ -593,6 +597,19 @@ impl Union {
         Ok(())
     }
 
+    /// `ENOTEMPTY` unless the directory `d` (`name` in `parent`), a rename's target,
+    /// shows nothing.
+    fn check_empty_target(&self, parent: u64, name: &OsStr, d: &Resolved) -> Result<()> {
+        let NodeKind::Dir { layers } = &d.kind else {
+            return Ok(());
+        };
+        let pdir = self.upper_path(parent)?;
+        match self.is_empty_dir(&layer_paths(layers, &pdir.join(name)))? {
+            true => Ok(()),
+            false => Err(Errno::ENOTEMPTY),
+        }
+    }
+
     /// A directory that lives in the upper layer only (created there, or opaque).
     fn is_pure_upper(&self, r: &Resolved) -> bool {
         match &r.kind {
@@ -604,15 +621,12 @@ impl Union {
     /// Copies up the entry `r` found as `name` in `parent`, whether or not the kernel
     /// holds a node for it.
     fn copy_up_entry(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<()> {
-        if r.indexed {
-            return self.link_up(parent, name, r);
-        }
         let known = self.inodes.lock().child(parent, &name.to_os_string());
         match known {
-            Some(id) => self.copy_up_meta(id),
+            Some(id) => self.copy_up_via(id, parent, name),
             None => {
                 let id = self.remember(parent, name, r.clone(), false).ino;
-                let res = self.copy_up_meta(id);
+                let res = self.copy_up_via(id, parent, name);
                 self.inodes.lock().forget(id, 0);
                 res
             }
@@ -663,11 +677,10 @@ impl Union {
                 if !src_is_dir && d_is_dir {
                     return Err(Errno::EISDIR);
                 }
-                if let NodeKind::Dir { layers } = &d.kind {
-                    let pdir = self.upper_path(new_parent)?;
-                    if !self.is_empty_dir(&layer_paths(layers, &pdir.join(new_name)))? {
-                        return Err(Errno::ENOTEMPTY);
-                    }
+                // As the kernel: a target with lower parts is checked first; an upper-only
+                // one only when the upper directories are renamed, after the copy-ups.
+                if d_is_dir && !self.is_pure_upper(d) {
+                    self.check_empty_target(new_parent, new_name, d)?;
                 }
             }
         }
@@ -678,6 +691,11 @@ impl Union {
         self.copy_up(parent)?;
         self.copy_up(new_parent)?;
         self.copy_up_entry(parent, name, &src)?;
+        if let Some(d) = dst.as_ref().filter(|d| !exchange && self.is_pure_upper(d)) {
+            if d.kind.dir_len() > 0 {
+                self.check_empty_target(new_parent, new_name, d)?;
+            }
+        }
         if exchange {
             if let Some(d) = &dst {
                 self.copy_up_entry(new_parent, new_name, d)?;
@@ -690,7 +708,7 @@ impl Union {
             false => dst,
         };
         if let Some(d) = &dst {
-            if d.layer == upper && src.layer == upper && d.st.st_ino == src.st.st_ino {
+            if d.upper_name && src.upper_name && d.st.st_ino == src.st.st_ino {
                 // Two names of one (indexed) file: rename(2) does nothing.
                 return Ok(());
             }
@@ -743,9 +761,7 @@ impl Union {
 
         keep_contents(sdir, name, &src, new_parent, dst_lower)?;
         let replaced_key = match &dst {
-            Some(d) if d.layer == upper && d.kind.dir_len() == 0 => {
-                self.index_key_of(ddir, new_name)
-            }
+            Some(d) if d.upper_name && d.kind.dir_len() == 0 => self.index_key_of(ddir, new_name),
             _ => None,
         };
         // An upper directory being replaced holds nothing but whiteouts: move it aside.

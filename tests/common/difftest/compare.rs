@@ -10,9 +10,6 @@
 //! holes): ext4's delayed allocation makes it depend on writeback timing, on both sides.
 //!
 //! Accepted differences (the comparator forgives exactly these):
-//! - `lower-hardlink-ino`: strata gives each name of a lower hard link its own inode number
-//!   (the kernel reports the lower inode's for all). Accepted when every path of the
-//!   kernel's class is still served from a lower layer by strata (none is in its upper).
 //! - `unlinked-lower-nlink`: `fstat` of a descriptor of a lower file whose name was removed
 //!   shows `st_nlink` 0 on strata; the kernel stats the lower file, which still has its link.
 //!   Accepted when the descriptor's name is gone on the kernel side.
@@ -57,36 +54,7 @@ use super::rng;
 
 /// Strata bugs the random runs forgive until they are fixed: (name, the ignored
 /// regression test that replays it). Remove an entry when its bug is fixed.
-pub const KNOWN_BUGS: &[(&str, &str)] = &[
-    (
-        "stale-dir-nlink-after-copy-up",
-        "regress_dir_nlink_after_copy_up_below_it: a lower directory that becomes merged by \
-         the copy-up of something below it keeps showing its lower st_nlink (the kernel's \
-         attribute cache is not told); strata and the kernel both report 1 for a merged \
-         directory",
-    ),
-    (
-        "noop-chown-no-copy-up",
-        "regress_chown_without_change_copies_up: `chown(p, -1, -1)` of a lower entry does not \
-         copy it up on strata; the kernel copies it up (visible in st_nlink: a merged \
-         directory's, a lower hard link's). Forgiven by not generating it",
-    ),
-    (
-        "stale-attrs-after-failed-setxattr",
-        "regress_failing_setxattr_leaves_stale_attributes: a `setxattr` with XATTR_REPLACE of \
-         a missing name (or XATTR_CREATE of an existing one) on a lower entry fails on both, \
-         after copying it up on both; strata does not tell the kernel the attributes changed, \
-         so a lower hard link keeps showing st_nlink 2 (1 after a remount, and on the \
-         kernel). Forgiven by not generating those flags",
-    ),
-    (
-        "reused-ino-second-node",
-        "regress_link_to_a_file_with_a_reused_inode_number: a file that gets the inode \
-         number of a removed fifo the kernel still holds open gets a remapped node, and a hard \
-         link made to it later a second node (two st_ino, incoherent caches). Forgiven by not \
-         holding fifos open",
-    ),
-];
+pub const KNOWN_BUGS: &[(&str, &str)] = &[];
 
 /// Whether the random runs steer clear of known bug `name` (they do unless strict).
 pub fn avoid(name: &str, lenient: bool) -> bool {
@@ -437,7 +405,7 @@ pub fn trees(s: &Snap, k: &Snap, s_upper: Option<&Path>, lenient: bool) -> Vec<T
         }
     }
     if out.is_empty() {
-        out.extend(inode_classes(s, k, s_upper));
+        out.extend(inode_classes(s, k));
     }
     out
 }
@@ -459,23 +427,12 @@ fn classes(t: &Snap) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-fn inode_classes(s: &Snap, k: &Snap, s_upper: Option<&Path>) -> Vec<TreeDiff> {
+fn inode_classes(s: &Snap, k: &Snap) -> Vec<TreeDiff> {
     let (cs, ck) = (classes(s), classes(k));
     let mut out = Vec::new();
     for (p, kc) in &ck {
         let Some(sc) = cs.get(p) else { continue };
         if sc == kc {
-            continue;
-        }
-        // lower-hardlink-ino: strata splits a kernel class whose paths are all still lower
-        let all_lower = |set: &BTreeSet<String>| {
-            s_upper.is_some_and(|u| {
-                set.iter()
-                    .all(|q| rustix::fs::statat(CWD, u.join(q), AtFlags::SYMLINK_NOFOLLOW).is_err())
-            })
-        };
-        if sc.is_subset(kc) && all_lower(kc) {
-            tally("lower-hardlink-ino");
             continue;
         }
         out.push(TreeDiff {

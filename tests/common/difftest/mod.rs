@@ -125,8 +125,12 @@ pub struct Run {
     dir: tempfile::TempDir,
 }
 
-fn mount_kernel(lay: &Layout, work: &Path, mnt: &Path) -> Result<KernelMount, String> {
-    let _ = fs::remove_dir_all(work);
+/// Mounts the kernel's overlay over `lay` with work directory `work`, made empty first
+/// unless `keep` (a remount keeps the hard-link index in it).
+fn mount_kernel(lay: &Layout, work: &Path, mnt: &Path, keep: bool) -> Result<KernelMount, String> {
+    if !keep {
+        let _ = fs::remove_dir_all(work);
+    }
     fs::create_dir_all(work).unwrap();
     let opts = format!(
         "{KERNEL_MOUNT_FLAGS},lowerdir={},upperdir={},workdir={},{}",
@@ -207,8 +211,8 @@ impl Run {
             ));
         }
         let strata = StrataMount::adopt(&smnt);
-        let kernel =
-            mount_kernel(&k_lay, &dir.path().join("k/w"), &kmnt).unwrap_or_else(|e| panic!("{e}"));
+        let kernel = mount_kernel(&k_lay, &dir.path().join("k/w"), &kmnt, false)
+            .unwrap_or_else(|e| panic!("{e}"));
         let run = Run {
             lenient,
             stopped: false,
@@ -300,7 +304,8 @@ impl Run {
         drop(self.kernel.take());
         let again = |lay: &Layout, side: &str| -> Result<compare::Snap, String> {
             let mnt = self.dir.path().join(side).join("box/mnt");
-            let _m = mount_kernel(lay, &self.dir.path().join(side).join("w2"), &mnt)?;
+            // The same work directory: it holds the hard-link index.
+            let _m = mount_kernel(lay, &self.dir.path().join(side).join("w"), &mnt, true)?;
             Ok(compare::snapshot(&mnt, true))
         };
         let s_again = match again(&self.s_lay, "s") {
