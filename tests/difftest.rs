@@ -413,3 +413,38 @@ fn regress_copying_up_a_file_of_holes_keeps_its_mtime() {
         ],
     );
 }
+
+/// Found by seeds 59, 96, 105 (`final:mtime`): a hard link to a metadata-only copy keeps
+/// it metadata-only (with a redirect to its data from the layer roots), as the kernel does.
+#[test]
+fn regress_link_to_a_metadata_only_copy() {
+    replay(
+        &["L1 file d/c d=5000:566592 t=1082381855", "L1 dir d/a/a"],
+        &["mkdir d/g 2775", "rename d/c d/a/c", "link d/a/c d/g/h"],
+    );
+    replay(
+        &["L0 wh e/e", "L0 file b/e d=9000:812806"],
+        &[
+            "utimens b/e 1160127655 1037603653",
+            "link b/e h",
+            "rename e b/e exchange",
+            "stat e",
+        ],
+    );
+}
+
+/// Found by seed 189 (`final:mtime` of a directory): a lower file and a lower directory
+/// exchanged, then a rename out of the directory that fails; accepted difference
+/// `kernel-failed-rename-mtime`.
+#[test]
+fn regress_failing_rename_out_of_an_exchanged_directory() {
+    replay(
+        &[
+            "L1 file d/f/a at=100000 d=5000:238580",
+            "L0 file a/e at=100000 d=5000:894472",
+            "U file b/e d=1:871375",
+            "U link f/c/a =b/e",
+        ],
+        &["rename a/e d exchange", "rename a/e/f f/c"],
+    );
+}

@@ -400,10 +400,19 @@ impl Union {
         if self.resolve_in(new_parent, new_name)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        self.copy_up(id)?;
+        self.copy_up_meta(id)?;
         self.copy_up(new_parent)?;
         // The file to link: its upper copy (or, for a lower hard link, the index entry).
-        let (layer, path, _) = self.node_info(id)?;
+        let (layer, path, kind) = self.node_info(id)?;
+        if let Some(d) = kind.data() {
+            // A metadata-only copy: every name must find its data, wherever it is.
+            let dir = path.parent().unwrap_or(Path::new(""));
+            let dir = self
+                .stack
+                .open(layer, dir, OFlags::PATH | OFlags::DIRECTORY)?;
+            let name = path.file_name().ok_or(Errno::EINVAL)?;
+            self.set_redirect(dir.as_fd(), name, Some(&d.path), false)?;
+        }
         let src_name = path.file_name().ok_or(Errno::EINVAL)?.to_os_string();
         let sdir = self.stack.open(
             layer,

@@ -34,6 +34,7 @@ use crate::common::{require_root_and_fuse, strata, KernelMount, StrataMount, KER
 use compare::Verdict;
 use exec::Side;
 use layers::{Entry, Layout};
+use ops::Op;
 use ops::Step;
 use rng::Rng;
 
@@ -179,6 +180,7 @@ impl Run {
     /// compares the starting trees.
     pub fn start(layers: &[Entry], lenient: bool) -> Result<Run, Divergence> {
         require_root_and_fuse();
+        compare::reset_run();
         let dir = tempfile::Builder::new()
             .prefix("strata-test-difftest-")
             .tempdir_in("/tmp")
@@ -252,6 +254,11 @@ impl Run {
         STEPS.fetch_add(1, Ordering::Relaxed);
         let rs = self.s.run(st);
         let rk = self.k.run(st);
+        if let (Op::Rename { a, b, .. }, Err(x), Err(y)) = (&st.op, &rs, &rk) {
+            if x == y {
+                compare::rename_failed(a, b);
+            }
+        }
         let cx = compare::StepCtx {
             lenient: self.lenient,
             s_upper: &self.s_lay.upper,
