@@ -448,3 +448,14 @@ fn regress_failing_rename_out_of_an_exchanged_directory() {
         &["rename a/e d exchange", "rename a/e/f f/c"],
     );
 }
+
+/// Found by seed 225509716606 (`step:ftrunc:ENOENT/ok`): a lower hard link opened for
+/// writing (copied into the index), then every name removed (the index entry with the
+/// last), then a truncate through the descriptor.
+#[test]
+fn regress_truncate_through_a_descriptor_of_a_removed_indexed_hard_link() {
+    replay(
+        &["L2 file e/e/c d=100:741766", "L2 link e/b =e/e/c"],
+        &["open 1 e/e/c wt", "rmrf .", "ftrunc 1 7000"],
+    );
+}

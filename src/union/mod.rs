@@ -233,6 +233,8 @@ impl Union {
     fn path_in(&self, inodes: &Inodes, id: u64, l: LayerIdx) -> Result<PathBuf> {
         if l == self.stack.index_layer() {
             let node = inodes.get(id).ok_or(Errno::ENOENT)?;
+            // Only while a name leads to it (its entry goes with its last name).
+            Self::reachable_name(inodes, node)?;
             return Ok(PathBuf::from(node.kind.index().ok_or(Errno::ENOENT)?));
         }
         if self.stack.is_upper(l) {

@@ -350,7 +350,6 @@ fn shown(r: Option<&Result<Node, i32>>) -> String {
     }
 }
 
-/// The first field in which two nodes differ (`a` strata's, `b` the kernel's).
 thread_local! {
     /// The parent directories of renames that failed the same way on both sides in the
     /// current run (for `kernel-failed-rename-mtime`).
@@ -373,6 +372,7 @@ pub fn rename_failed(a: &str, b: &str) {
     });
 }
 
+/// The first field in which two nodes differ (`a` strata's, `b` the kernel's).
 fn field(a: &Node, b: &Node, rel: &str, s_upper: Option<&Path>, lenient: bool) -> &'static str {
     let (x, y) = (&a.st, &b.st);
     let dir = y.mode & libc::S_IFMT == libc::S_IFDIR;
