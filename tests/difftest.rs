@@ -459,3 +459,14 @@ fn regress_truncate_through_a_descriptor_of_a_removed_indexed_hard_link() {
         &["open 1 e/e/c wt", "rmrf .", "ftrunc 1 7000"],
     );
 }
+
+/// Found by seed 557368875401 (`final:nlink` of directories): an xattr change through a
+/// name of a lower hard link already in the index links no name (the kernel's
+/// `ovl_xattr_set` copies up only an inode without an upper), while chmod does.
+#[test]
+fn regress_xattr_change_through_another_name_of_an_indexed_hard_link() {
+    replay(
+        &["L1 file b/f/f at=4096 d=1:160403", "L1 link e/c/b =b/f/f"],
+        &["chmod b/f/f 755", "lsetxattr e/c/b user.x 863220 -"],
+    );
+}

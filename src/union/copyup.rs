@@ -61,6 +61,20 @@ impl Union {
         self.copy_up_as(id, self.opts.metacopy && self.root, None)
     }
 
+    /// [`Union::copy_up_meta`] for an xattr change: as the kernel, a lower hard link
+    /// already in the index links no further name for it.
+    pub(super) fn copy_up_for_xattr(&self, id: u64) -> Result<()> {
+        let indexed = self
+            .inodes
+            .lock()
+            .get(id)
+            .is_some_and(|n| n.kind.index().is_some());
+        match indexed {
+            true => Ok(()),
+            false => self.copy_up_meta(id),
+        }
+    }
+
     /// [`Union::copy_up_meta`] for a call that came through `name` in `parent` (which
     /// matters for a lower hard link: that name is the one linked to the copy).
     pub(super) fn copy_up_via(&self, id: u64, parent: u64, name: &OsStr) -> Result<()> {

@@ -33,6 +33,16 @@ pub(super) fn backing_flags(flags: i32) -> OFlags {
     acc | OFlags::from_bits_retain((flags & keep) as _)
 }
 
+/// What a call is about to change through [`Union::node_target`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    None,
+    /// Attributes (mode, owner, times, size).
+    Attr,
+    /// Extended attributes.
+    Xattr,
+}
+
 /// The alignment of buffers for `O_DIRECT` I/O (enough for any logical block size).
 const DIRECT_ALIGN: usize = 4096;
 
@@ -371,7 +381,7 @@ impl Union {
                 // A size change is a data change: copy the data up too.
                 self.copy_up(id)?;
             }
-            let fd = self.node_target(id, true)?;
+            let fd = self.node_target(id, Change::Attr)?;
             if let Some(size) = set.size {
                 // Truncation needs a descriptor open for writing, not an `O_PATH` one.
                 let path = sys::fd_path(fd.as_fd());
@@ -404,17 +414,19 @@ impl Union {
     /// visible copy, copied up first when changing; or, for a node with no name left, the
     /// file of a handle still open on it (only an upper one when changing: a lower layer
     /// is never written).
-    fn node_target(&self, id: u64, change: bool) -> Result<OwnedFd> {
+    fn node_target(&self, id: u64, change: Change) -> Result<OwnedFd> {
         match self.node_info(id) {
             Ok(_) => {
-                if change {
-                    self.copy_up_meta(id)?;
+                match change {
+                    Change::None => {}
+                    Change::Attr => self.copy_up_meta(id)?,
+                    Change::Xattr => self.copy_up_for_xattr(id)?,
                 }
                 let (layer, path, _) = self.node_info(id)?;
                 self.stack.open(layer, &path, OFlags::PATH)
             }
             Err(e) if e == Errno::ENOENT => self
-                .open_copy_of_removed(id, change)
+                .open_copy_of_removed(id, change != Change::None)
                 .map(|(_, fd)| fd)
                 .ok_or(e),
             Err(e) => Err(e),
@@ -447,7 +459,7 @@ impl Union {
 
     /// An `O_PATH` descriptor (or an open one) of node `id` for reading its metadata.
     fn node_fd(&self, id: u64) -> Result<OwnedFd> {
-        self.node_target(id, false)
+        self.node_target(id, Change::None)
     }
 
     /// The value of xattr `name` of node `id`.
@@ -491,7 +503,7 @@ impl Union {
         let name = &layer::escape_xattr(name).ok_or(Errno::EPERM)?;
         self.stack.upper()?;
         let _ns = self.ns.write();
-        let fd = self.node_target(id, true)?;
+        let fd = self.node_target(id, Change::Xattr)?;
         Ok(sys::xattr_set(fd.as_fd(), name, value, flags)?)
     }
 
@@ -505,7 +517,7 @@ impl Union {
         let _ns = self.ns.write();
         // Removing what is not there must not copy anything up.
         self.getxattr(id, name)?;
-        let fd = self.node_target(id, true)?;
+        let fd = self.node_target(id, Change::Xattr)?;
         Ok(sys::xattr_remove(fd.as_fd(), &stored)?)
     }
 
