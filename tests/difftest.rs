@@ -470,3 +470,13 @@ fn regress_xattr_change_through_another_name_of_an_indexed_hard_link() {
         &["chmod b/f/f 755", "lsetxattr e/c/b user.x 863220 -"],
     );
 }
+
+/// Found by seed 907350645431 (`step:fstat`): `fstat` of a descriptor of a removed
+/// metadata-only copy shows the copy's metadata, not its lower data file's.
+#[test]
+fn regress_fstat_of_a_removed_metadata_only_copy() {
+    replay(
+        &["L1 file a/b d=0:832032"],
+        &["chmod a/b 700", "open 3 a/b r", "unlink a/b", "fstat 3"],
+    );
+}

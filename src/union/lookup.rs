@@ -484,6 +484,17 @@ impl Union {
             let inodes = self.inodes.lock();
             return inodes.get(id).and_then(|n| n.removed).ok_or(Errno::ENOENT);
         };
+        let (removed, metacopy) = {
+            let inodes = self.inodes.lock();
+            let node = inodes.get(id);
+            let metacopy = node.is_some_and(|n| n.kind.data().is_some());
+            (node.and_then(|n| n.removed), metacopy)
+        };
+        if let (false, true, Some(attr)) = (self.stack.is_upper(layer), metacopy, removed) {
+            // A metadata-only copy read through its lower data: the metadata was the
+            // copy's, as it was when its last name went.
+            return Ok(attr);
+        }
         let mut attr = Attr::from_stat(id, &sys::stat_fd(fd.as_fd())?);
         if !self.stack.is_upper(layer) {
             // The lower file itself lives on; through the mount it has no name left.
