@@ -480,3 +480,13 @@ fn regress_fstat_of_a_removed_metadata_only_copy() {
         &["chmod a/b 700", "open 3 a/b r", "unlink a/b", "fstat 3"],
     );
 }
+
+/// Found by seed 154746603545 (`step:fstat`): accepted difference
+/// `kernel-failed-rename-mtime`, seen through a descriptor of the source's parent.
+#[test]
+fn regress_failed_rename_of_a_lower_dir_over_a_full_one() {
+    replay(
+        &["L0 dir f/a/e", "U file d/c d=9000:198211"],
+        &["rename f/a/e d", "opendir 1 f/a", "fstat 1"],
+    );
+}

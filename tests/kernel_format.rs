@@ -1,6 +1,6 @@
 //! The on-disk format, both ways: an upper written by strata must show the same tree under
 //! the kernel's overlayfs, and an upper written by the kernel (with the options of
-//! [`KERNEL_PLAIN`]: redirects of renamed directories) must show the same tree under strata. The lowers are in kernel
+//! [`KERNEL_OPTS`]: redirects of renamed directories) must show the same tree under strata. The lowers are in kernel
 //! format only (0/0 whiteouts, `trusted.overlay.opaque`), as the kernel reads no `.wh.` files.
 //!
 //! The same sequence of changes also runs on a kernel mount of the same lowers with its own
@@ -298,7 +298,7 @@ fn strata_upper_reads_the_same_under_the_kernel() {
     kernel_format_lowers(&s);
     let theirs = {
         fs::create_dir(s.kupper()).unwrap();
-        let k = s.kernel_mount_plain(2, &s.kupper());
+        let k = s.kernel_mount_opts(2, &s.kupper());
         changes(&k.mnt);
         spot_checks(&k.mnt);
         snapshot(&k.mnt)
@@ -315,7 +315,7 @@ fn strata_upper_reads_the_same_under_the_kernel() {
         "strata's view after the changes vs the kernel's after the same changes",
     );
     {
-        let k = s.kernel_mount_plain(2, &s.upper());
+        let k = s.kernel_mount_opts(2, &s.upper());
         assert_same_view(
             &snapshot(&k.mnt),
             &ours,
@@ -338,7 +338,7 @@ fn kernel_upper_reads_the_same_under_strata() {
     let s = Scratch::new();
     kernel_format_lowers(&s);
     let theirs = {
-        let k = s.kernel_mount_plain(2, &s.upper());
+        let k = s.kernel_mount_opts(2, &s.upper());
         changes(&k.mnt);
         spot_checks(&k.mnt);
         snapshot(&k.mnt)
@@ -360,7 +360,7 @@ fn kernel_upper_reads_the_same_under_strata() {
         snapshot(&m.mnt)
     };
     let theirs = {
-        let k = s.kernel_mount_plain(2, &s.kupper());
+        let k = s.kernel_mount_opts(2, &s.kupper());
         more_changes(&k.mnt);
         snapshot(&k.mnt)
     };
@@ -370,7 +370,7 @@ fn kernel_upper_reads_the_same_under_strata() {
         "strata's more changes vs the kernel's same more changes",
     );
     {
-        let k = s.kernel_mount_plain(2, &s.upper());
+        let k = s.kernel_mount_opts(2, &s.upper());
         assert_same_view(
             &snapshot(&k.mnt),
             &ours,
@@ -385,7 +385,7 @@ fn read_only_strata_over_a_kernel_upper() {
     let s = Scratch::new();
     kernel_format_lowers(&s);
     let theirs = {
-        let k = s.kernel_mount_plain(2, &s.upper());
+        let k = s.kernel_mount_opts(2, &s.upper());
         changes(&k.mnt);
         snapshot(&k.mnt)
     };

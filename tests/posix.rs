@@ -870,7 +870,7 @@ fn fallocate_collapse_and_insert_range_work_on_the_kernel_and_are_refused_throug
     inserted.extend_from_slice(&data[4096..]);
     s.copy_upper_to_kupper();
     {
-        let k = s.kernel_mount_plain(2, &s.kupper());
+        let k = s.kernel_mount_opts(2, &s.kupper());
         let m = &k.mnt;
         let (d, size, _, _) =
             fallocate_at(m, "collapse", FallocateFlags::COLLAPSE_RANGE, 4096, 8192);
@@ -1006,7 +1006,7 @@ fn on_kernel_then_strata_layers(s: &Scratch, layers: &[PathBuf], check: impl Fn(
         .collect();
     fs::create_dir_all(s.kupper()).unwrap();
     let opts = format!(
-        "lowerdir={},upperdir=kupper,workdir=kwork,{KERNEL_PLAIN}",
+        "lowerdir={},upperdir=kupper,workdir=kwork,{KERNEL_OPTS}",
         rel.join(":")
     );
     assert!(opts.len() < 4000, "kernel options too long: {}", opts.len());
@@ -1225,7 +1225,7 @@ fn names_starting_with_wh_are_refused_with_einval_where_the_kernel_takes_them() 
     put(&s.lower(1).join("low"), "lower");
     s.copy_upper_to_kupper();
     {
-        let k = s.kernel_mount_plain(2, &s.kupper());
+        let k = s.kernel_mount_opts(2, &s.kupper());
         for (what, r) in make_wh_names(&k.mnt) {
             assert_eq!(r, Ok(()), "kernel overlay: {what}");
         }

@@ -1343,7 +1343,7 @@ fn metadata_changes_copy_up_no_data() {
         assert_eq!(read(&m.path("tree/moved3")), "moved data");
         tree(&m.mnt)
     };
-    let k = s.kernel_mount_plain(2, &s.upper());
+    let k = s.kernel_mount_opts(2, &s.upper());
     assert_eq!(tree(&k.mnt), want, "the kernel over strata's upper");
 }
 

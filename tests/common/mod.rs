@@ -330,12 +330,12 @@ pub fn errno(e: &std::io::Error) -> i32 {
 
 /// The kernel overlayfs options that match what strata implements: directory renames by
 /// redirect, metadata-only copy-up, the hard-link index; no xino.
-pub const KERNEL_PLAIN: &str = "redirect_dir=on,index=on,metacopy=on,xino=off";
+pub const KERNEL_OPTS: &str = "redirect_dir=on,index=on,metacopy=on,xino=off";
 
 impl Scratch {
     /// Mounts kernel overlayfs on `kmnt` with lowers `0..n`, the given upper and
-    /// [`KERNEL_PLAIN`] options.
-    pub fn kernel_mount_plain(&self, n: usize, upper: &Path) -> KernelMount {
+    /// [`KERNEL_OPTS`] options.
+    pub fn kernel_mount_opts(&self, n: usize, upper: &Path) -> KernelMount {
         let kwork = self.path("kwork");
         let _ = fs::remove_dir_all(&kwork);
         fs::create_dir(&kwork).unwrap();
@@ -345,7 +345,7 @@ impl Scratch {
     /// The same with a given work directory (strata's, to share its hard-link index).
     pub fn kernel_mount_with_work(&self, n: usize, upper: &Path, work: &Path) -> KernelMount {
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},{KERNEL_PLAIN}",
+            "lowerdir={},upperdir={},workdir={},{KERNEL_OPTS}",
             self.lowerdir(n),
             upper.display(),
             work.display()
@@ -593,14 +593,14 @@ impl Scratch {
         assert!(st.success(), "copying the upper");
     }
 }
-/// Runs `check` first on a kernel overlayfs mount of lowers `0..n` (plain options, upper
+/// Runs `check` first on a kernel overlayfs mount of lowers `0..n` ([`KERNEL_OPTS`], upper
 /// `kupper`, a copy of the starting upper), then on a strata mount of the same layers with
 /// `upper`. The kernel run checks the test's expectations; the strata run checks strata.
 /// Afterwards `kupper` and `upper` hold what each wrote.
 pub fn on_kernel_then_strata(s: &Scratch, n: usize, check: impl Fn(&Path)) {
     s.copy_upper_to_kupper();
     {
-        let k = s.kernel_mount_plain(n, &s.kupper());
+        let k = s.kernel_mount_opts(n, &s.kupper());
         eprintln!("--- checking kernel overlayfs at {}", k.mnt.display());
         check(&k.mnt);
     }

@@ -315,6 +315,9 @@ pub fn step(step: &Step, s: &Res, k: &Res, cx: &StepCtx) -> Verdict {
             Op::Stat { p, .. } => Some(p.as_str()),
             _ => cx.slot.as_ref().map(|(p, _)| p.as_str()),
         };
+        if rel.is_some_and(|r| failed_rename_mtime(ss, ks, r)) {
+            return Verdict::Accepted("kernel-failed-rename-mtime");
+        }
         if let (true, Some(bug)) = (cx.lenient, known_stat(ss, ks, rel, Some(cx.s_upper))) {
             return Verdict::Known(bug);
         }
@@ -373,15 +376,21 @@ pub fn rename_failed(a: &str, b: &str) {
 }
 
 /// The first field in which two nodes differ (`a` strata's, `b` the kernel's).
-fn field(a: &Node, b: &Node, rel: &str, s_upper: Option<&Path>, lenient: bool) -> &'static str {
-    let (x, y) = (&a.st, &b.st);
+/// Whether strata's `x` and the kernel's `y` of the directory `rel` differ only by the
+/// kernel's new modification time after a failed rename from or into it.
+fn failed_rename_mtime(x: &StatV, y: &StatV, rel: &str) -> bool {
     let dir = y.mode & libc::S_IFMT == libc::S_IFDIR;
     let only_mtime = StatV {
         mtime: y.mtime,
         ..x.clone()
     } == *y;
     let touched = FAILED_RENAME_PARENTS.with(|f| f.borrow().contains(rel));
-    if dir && only_mtime && x.mtime.is_some() && y.mtime.is_none() && touched {
+    dir && only_mtime && x.mtime.is_some() && y.mtime.is_none() && touched
+}
+
+fn field(a: &Node, b: &Node, rel: &str, s_upper: Option<&Path>, lenient: bool) -> &'static str {
+    let (x, y) = (&a.st, &b.st);
+    if failed_rename_mtime(x, y, rel) {
         tally("kernel-failed-rename-mtime");
         return "same";
     }

@@ -8,7 +8,7 @@
 //!   `ops`: operations as text; `exec`: running them on one mount; `gen`: the random
 //!   operation generator; `compare`: what must be equal and the accepted differences;
 //!   `shrink`: delta debugging of a diverging case.
-//! - The kernel options are [`kernel_opts`]: [`KERNEL_PLAIN`] (what strata claims to match
+//! - The kernel options are [`kernel_opts`]: [`KERNEL_OPTS`] (what strata claims to match
 //!   today) unless `STRATA_DIFFTEST_KERNEL_OPTS` says otherwise.
 //! - Everything is made below `/tmp/strata-test-difftest-*` and every mount is undone by a
 //!   guard, also when a step panics.
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, CWD};
 
-use crate::common::{require_root_and_fuse, strata, KernelMount, StrataMount, KERNEL_PLAIN};
+use crate::common::{require_root_and_fuse, strata, KernelMount, StrataMount, KERNEL_OPTS};
 use compare::Verdict;
 use exec::Side;
 use layers::{Entry, Layout};
@@ -39,10 +39,10 @@ use ops::Step;
 use rng::Rng;
 
 /// The kernel overlayfs options the kernel side mounts with: `STRATA_DIFFTEST_KERNEL_OPTS`,
-/// else [`KERNEL_PLAIN`] (no redirects, index, metacopy or xino: the features strata
+/// else [`KERNEL_OPTS`] (no redirects, index, metacopy or xino: the features strata
 /// implements today). Change this as strata gains `redirect_dir`, `index`, `metacopy`.
 pub fn kernel_opts() -> String {
-    std::env::var("STRATA_DIFFTEST_KERNEL_OPTS").unwrap_or_else(|_| KERNEL_PLAIN.to_string())
+    std::env::var("STRATA_DIFFTEST_KERNEL_OPTS").unwrap_or_else(|_| KERNEL_OPTS.to_string())
 }
 
 /// Mount flags for the kernel side: strata's defaults (`nodev,suid,exec`), so that opening
