@@ -490,3 +490,13 @@ fn regress_failed_rename_of_a_lower_dir_over_a_full_one() {
         &["rename f/a/e d", "opendir 1 f/a", "fstat 1"],
     );
 }
+
+/// Found by seed 213182965084 (`final:mtime`): accepted difference
+/// `kernel-failed-rename-mtime` on a directory renamed after the failed rename.
+#[test]
+fn regress_failed_rename_mtime_moves_with_its_directory() {
+    replay(
+        &["L1 file a/e/e d=0:176767", "L0 dir d/b opq", "U dir a/a"],
+        &["mkdir a/a/zz 1777", "rename a/e a/a", "rename a d/h"],
+    );
+}

@@ -360,6 +360,22 @@ thread_local! {
         const { std::cell::RefCell::new(BTreeSet::new()) };
 }
 
+/// After a rename of `a` to `b` (or an exchange): the paths noted so far move with it.
+pub fn renamed(a: &str, b: &str, exchange: bool) {
+    let moved = |p: &str, from: &str, to: &str| -> Option<String> {
+        let rest = p.strip_prefix(from)?;
+        (rest.is_empty() || rest.starts_with('/')).then(|| format!("{to}{rest}"))
+    };
+    FAILED_RENAME_PARENTS.with(|f| {
+        let mut f = f.borrow_mut();
+        let old = std::mem::take(&mut *f);
+        for p in old {
+            let q = moved(&p, a, b).or_else(|| exchange.then(|| moved(&p, b, a)).flatten());
+            f.insert(q.unwrap_or(p));
+        }
+    });
+}
+
 /// Starts a run: no rename has failed yet.
 pub fn reset_run() {
     FAILED_RENAME_PARENTS.with(|f| f.borrow_mut().clear());

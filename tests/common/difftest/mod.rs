@@ -34,8 +34,8 @@ use crate::common::{require_root_and_fuse, strata, KernelMount, StrataMount, KER
 use compare::Verdict;
 use exec::Side;
 use layers::{Entry, Layout};
-use ops::Op;
 use ops::Step;
+use ops::{Op, RenameFlag};
 use rng::Rng;
 
 /// The kernel overlayfs options the kernel side mounts with: `STRATA_DIFFTEST_KERNEL_OPTS`,
@@ -254,9 +254,11 @@ impl Run {
         STEPS.fetch_add(1, Ordering::Relaxed);
         let rs = self.s.run(st);
         let rk = self.k.run(st);
-        if let (Op::Rename { a, b, .. }, Err(x), Err(y)) = (&st.op, &rs, &rk) {
-            if x == y {
-                compare::rename_failed(a, b);
+        if let Op::Rename { a, b, flag } = &st.op {
+            match (&rs, &rk) {
+                (Err(x), Err(y)) if x == y => compare::rename_failed(a, b),
+                (Ok(_), Ok(_)) => compare::renamed(a, b, matches!(flag, RenameFlag::Exchange)),
+                _ => {}
             }
         }
         let cx = compare::StepCtx {
