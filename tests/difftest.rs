@@ -500,3 +500,18 @@ fn regress_failed_rename_mtime_moves_with_its_directory() {
         &["mkdir a/a/zz 1777", "rename a/e a/a", "rename a d/h"],
     );
 }
+
+/// Found by seed 526136825931 (`final:nlink`): the last linked name of a lower hard link
+/// removed, so its index entry has one link: the count of names still comes from the
+/// nlink xattr.
+#[test]
+fn regress_link_count_of_an_index_entry_with_no_linked_name() {
+    replay(
+        &[
+            "L0 file f/c d=100:147179",
+            "L0 link c/c =f/c",
+            "L0 link d/d =f/c",
+        ],
+        &["rmrf c"],
+    );
+}

@@ -269,7 +269,9 @@ impl Union {
                 index = Some(Arc::from(key.as_os_str()));
             }
         }
-        if self.stack.is_upper(layer) && st.st_nlink > 1 {
+        // An upper file with several links, or an index entry (whose names may all be
+        // lower ones): its count of names through the mount.
+        if index.is_some() || (upper && st.st_nlink > 1) {
             st.st_nlink = self.overlay_nlink(layer, &top_dir, name, &index, st.st_nlink);
         }
         Ok(Some(Resolved {
@@ -456,7 +458,8 @@ impl Union {
         };
         let fd = self.stack.open(layer, &path, OFlags::PATH)?;
         let mut st = sys::stat_fd(fd.as_fd())?;
-        if self.stack.is_upper(layer) && kind.dir_len() == 0 && st.st_nlink > 1 {
+        let indexed = kind.index().is_some();
+        if indexed || (self.stack.is_upper(layer) && kind.dir_len() == 0 && st.st_nlink > 1) {
             // An indexed hard link: its names through the mount, not its upper links.
             if let Ok(Some(v)) = sys::xattr_get(fd.as_fd(), OsStr::new(layer::NLINK_XATTR)) {
                 st.st_nlink = layer::overlay_nlink(&v, st.st_nlink, None).unwrap_or(st.st_nlink);
