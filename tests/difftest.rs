@@ -515,3 +515,18 @@ fn regress_link_count_of_an_index_entry_with_no_linked_name() {
         &["rmrf c"],
     );
 }
+
+/// Found by seed 839125147034 (`final:extra`): a redirect to a path stops at an opaque
+/// directory on the way in a layer below, as the kernel walks it.
+#[test]
+fn regress_redirect_path_stops_at_an_opaque_directory_on_the_way() {
+    replay(
+        &[
+            "L3 dir f/a/e",
+            "L1 dir f opq",
+            "L0 file b/c d=70000:296455",
+            "L0 dir f/a",
+        ],
+        &["rename f/a b/c exchange", "chmod b/c 1777"],
+    );
+}

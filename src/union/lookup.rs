@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,6 +62,17 @@ fn index_dir(u: &Union) -> Result<BorrowedFd<'_>> {
 
 fn is_reg(st: &sys::Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+/// What a layer holds on a redirect's path.
+enum RedirectDir {
+    /// The path's directory is not in this layer: look in the next.
+    Missing,
+    /// A whiteout or a non-directory on the way: the lookup ends.
+    Stop,
+    /// The directory, and whether an opaque directory is on the way (then no layer
+    /// below this one counts).
+    Found(OwnedFd, bool),
 }
 
 /// Where a lookup goes on in the layers below: the name to look for, in the parent's
@@ -152,8 +163,26 @@ impl Union {
         // For a metadata-only copy: whether its data is still to be found, and where.
         let mut wants_data = false;
         let mut data: Option<(DataLayer, sys::Stat)> = None;
+        let mut last_layer = false;
         while let Some((l, dir)) = walk.next_layer(layers, self.stack.len()) {
-            let Some(dfd) = skip_missing(self.stack.open_dir(l, &dir))? else {
+            if last_layer {
+                break;
+            }
+            let dfd = match walk.redirected {
+                None => skip_missing(self.stack.open_dir(l, &dir))?,
+                // After a redirect to a path, the path's directories in this layer decide
+                // (as the kernel walks them): a whiteout or a non-directory on the way ends
+                // the lookup; an opaque directory on the way makes this layer the last.
+                Some(_) => match self.redirect_dir(l, &dir)? {
+                    RedirectDir::Missing => None,
+                    RedirectDir::Stop => break,
+                    RedirectDir::Found(fd, opaque) => {
+                        last_layer = opaque;
+                        Some(fd)
+                    }
+                },
+            };
+            let Some(dfd) = dfd else {
                 continue;
             };
             let dfd = dfd.as_fd();
@@ -356,6 +385,35 @@ impl Union {
     /// Whether lower hard links keep together through copy-up (the index is in use).
     pub(super) fn indexing(&self) -> bool {
         self.opts.index && self.root && self.stack.has_upper()
+    }
+
+    /// The directory `dir` of layer `l` as a redirect's path reaches it, walking its
+    /// components (see [`RedirectDir`]).
+    fn redirect_dir(&self, l: LayerIdx, dir: &Path) -> Result<RedirectDir> {
+        let mut fd = self.stack.open_dir(l, Path::new(""))?;
+        let mut opaque = false;
+        for c in dir.components() {
+            let name = c.as_os_str();
+            let st = match sys::stat_at(fd.as_fd(), name) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) if layer::has_oci_whiteout(fd.as_fd(), name)? => {
+                    return Ok(RedirectDir::Stop)
+                }
+                Err(rustix::io::Errno::NOENT) => return Ok(RedirectDir::Missing),
+                Err(e) => return Err(e.into()),
+            };
+            if !is_dir(&st) {
+                return Ok(RedirectDir::Stop);
+            }
+            fd = sys::open_beneath(
+                fd.as_fd(),
+                Path::new(name),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                0,
+            )?;
+            opaque |= layer::is_opaque(fd.as_fd())?;
+        }
+        Ok(RedirectDir::Found(fd, opaque))
     }
 
     /// Whether the regular file `name` in `dir` is a metadata-only copy.
