@@ -530,3 +530,23 @@ fn regress_redirect_path_stops_at_an_opaque_directory_on_the_way() {
         &["rename f/a b/c exchange", "chmod b/c 1777"],
     );
 }
+
+/// Found by seed 141242893753 (`step:open:EIO/ok`): a name of a lower hard link renamed in
+/// its directory while metadata-only; another name, below a renamed directory, must still
+/// find the data (the shared redirect is a path from the roots).
+#[test]
+fn regress_renamed_name_of_a_metadata_only_hard_link() {
+    replay(
+        &[
+            "L1 file b/b/d d=100:440969",
+            "L0 file c d=5000:483876",
+            "L0 link e/b =c",
+        ],
+        &[
+            "rename c a",
+            "rename b/b/d e exchange",
+            "lutimens b/b/d/b 1216828953 1105488304",
+            "open 2 b/b/d/b wa",
+        ],
+    );
+}

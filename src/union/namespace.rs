@@ -739,9 +739,12 @@ impl Union {
         // A metadata-only copy likewise gets a redirect to its data.
         let keep_contents =
             |at: BorrowedFd<'_>, old: &OsStr, r: &Resolved, to: u64, lower: bool| match &r.kind {
-                NodeKind::NotDir { data: Some(d), .. } => {
-                    self.set_redirect(at, old, Some(&d.path), same_dir)
-                }
+                // (Its names share the redirect: a hard link's is a path from the roots.)
+                NodeKind::NotDir {
+                    data: Some(d),
+                    index,
+                    ..
+                } => self.set_redirect(at, old, Some(&d.path), same_dir && index.is_none()),
                 NodeKind::NotDir { .. } => Ok(()),
                 NodeKind::Dir { layers } if !self.is_pure_upper(r) => {
                     let lower_path = layers.iter().find_map(|d| d.path.as_deref());
