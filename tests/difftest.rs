@@ -550,3 +550,18 @@ fn regress_renamed_name_of_a_metadata_only_hard_link() {
         ],
     );
 }
+
+/// Found by seed 700615397516 (`step:fsetxattr:ENOENT/ok`): accepted difference
+/// `kernel-copy-up-over-a-new-name` (a kernel bug): an xattr set through a descriptor of an
+/// unlinked lower fifo; the kernel copies the fifo up over its own whiteout.
+#[test]
+fn regress_kernel_bug_copy_up_of_an_unlinked_fifo_over_its_whiteout() {
+    replay(
+        &["L0 fifo f/e/b"],
+        &[
+            "open 1 f/e/b r",
+            "unlink f/e/b",
+            "fsetxattr 1 trusted.t 138f0bb4bd0ee087",
+        ],
+    );
+}

@@ -5,6 +5,12 @@
 //! times, in that order because `chown` clears set-id bits and file capabilities) and
 //! renamed into place with `RENAME_NOREPLACE`, so no reader ever sees a partial file.
 //! Parents are copied up first. Callers hold the namespace lock for writing.
+//!
+//! Every copy records its origin (the lower file's handle). A change of metadata only
+//! copies no data (`metacopy`): the data is copied into the copy at the first change of
+//! data. A lower hard link is copied once, into the index in the work directory, and its
+//! names are linked to that copy one by one, as calls through them change it (the
+//! kernel's `index=on`).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

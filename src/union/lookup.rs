@@ -4,8 +4,11 @@
 //! walk the directory's layers top-down; a whiteout (a 0/0 character device, or an OCI
 //! `.wh.NAME` beside it) ends the walk; the first real entry wins; if it is a directory,
 //! the walk goes on collecting lower directories of the same name until a non-directory,
-//! a whiteout or an opaque directory. [`Union::list`] applies the same rule to whole
-//! directories, so a name is listed exactly when it can be looked up.
+//! a whiteout or an opaque directory. A directory's redirect (a renamed directory) says
+//! where the layers below look instead: another name, or a path from the layer roots. A
+//! metadata-only copy goes on the same way to find its data; a lower hard link copied up
+//! into the index resolves to its index entry. [`Union::list`] applies the same rule to
+//! whole directories, so a name is listed exactly when it can be looked up.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};

@@ -6,7 +6,10 @@
 //! whiteout hides the name below it, an opaque directory hides everything below it, and
 //! the first change to a lower entry copies it up into the upper layer (staged in the work
 //! directory and renamed into place). Lookup and readdir share one resolution rule, so
-//! they can never disagree about what a directory holds.
+//! they can never disagree about what a directory holds. The on-disk format is the
+//! kernel's with `redirect_dir=on,index=on,metacopy=on`: renamed directories carry
+//! redirects, copies record their origin (so inode numbers survive remounts), a metadata
+//! change copies metadata only, and lower hard links share one copy in the index.
 //!
 //! Locking: `ns` is taken for writing by every operation that changes the namespace or
 //! copies up, and for reading by lookups and directory listings; the inode table and the

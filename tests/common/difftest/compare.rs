@@ -24,10 +24,10 @@
 //!   `EEXIST` (the whiteout is in the way), `EIO` or `ENOTDIR`; strata answers `ENOENT`.
 //!
 //! - `kernel-copy-up-over-a-new-name` (a kernel bug, strata is right): changing metadata
-//!   through a descriptor of a lower special file (a fifo) whose name now holds another
-//!   file succeeds on the kernel, which copies the old file up *over the new one* (the
-//!   upper then holds the fifo where the mount shows the new file); strata answers
-//!   `ENOENT`. The kernel's state is wrong from there on, so the sequence ends.
+//!   through a descriptor of a lower special file (a fifo) whose name was removed, or now
+//!   holds another file, succeeds on the kernel, which copies the old file up *over* what
+//!   is there now (the new file, or its own whiteout: the removed fifo comes back); strata
+//!   answers `ENOENT`. The kernel's state is wrong from there on, so the sequence ends.
 //!
 //! - `kernel-failed-rename-mtime` (a kernel quirk, strata is right): a rename of a lower
 //!   directory that fails (`ENOTEMPTY` from the upper filesystem) after the kernel copied

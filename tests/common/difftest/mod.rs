@@ -264,7 +264,12 @@ impl Run {
         let cx = compare::StepCtx {
             lenient: self.lenient,
             s_upper: &self.s_lay.upper,
-            slot: st.op.slot().and_then(|i| self.k.slot_name(i)),
+            // The descriptor's name is gone if it is gone on either side: the kernel can
+            // bring an unlinked file back by copying it up over its whiteout.
+            slot: st.op.slot().and_then(|i| {
+                let s_gone = self.s.slot_name(i).is_some_and(|(_, g)| g);
+                self.k.slot_name(i).map(|(p, g)| (p, g || s_gone))
+            }),
         };
         match compare::step(st, &rs, &rk, &cx) {
             Verdict::Same => None,
