@@ -565,3 +565,23 @@ fn regress_kernel_bug_copy_up_of_an_unlinked_fifo_over_its_whiteout() {
         ],
     );
 }
+
+/// Found by seed 555042023797 (`final:nlink` of directories): `futimens` through a
+/// descriptor of a lower hard link comes through the name it was opened by, not through
+/// the name a failed rename looked up since.
+#[test]
+fn regress_call_on_a_descriptor_of_a_hard_link_comes_through_its_open_name() {
+    replay(
+        &[
+            "L0 file a/d/d d=7:184379",
+            "L0 file f/a/c d=100:111130",
+            "L0 link e/b =a/d/d",
+            "L0 link b/b/a =a/d/d",
+        ],
+        &[
+            "open 2 e/b rw",
+            "rename f/a b/b/a",
+            "futimens 2 1119699609 1048179177",
+        ],
+    );
+}

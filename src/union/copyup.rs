@@ -90,14 +90,12 @@ impl Union {
 
     fn copy_up_as(&self, id: u64, meta_only: bool, via: Option<(u64, OsString)>) -> Result<()> {
         let upper = self.stack.upper()?;
+        let open = !self.files_of(id).is_empty();
         let (layer, data, index, via) = {
-            let inodes = self.inodes.lock();
+            let mut inodes = self.inodes.lock();
+            // The name the call came through: said, or as the lookups and opens tell.
+            let via = via.or_else(|| inodes.take_call_name(id, open));
             let node = inodes.get(id).ok_or(Errno::ENOENT)?;
-            // The name the call came through: said, or the one last looked up.
-            let via = via.or_else(|| {
-                let last = node.last_name.clone()?;
-                node.names.contains(&last).then_some(last)
-            });
             let kind = &node.kind;
             (
                 node.layer,

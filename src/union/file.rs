@@ -151,6 +151,7 @@ impl Union {
     /// `EROFS` for a write open of a read-only mount, or the errno of the copy-up or open.
     pub fn open(&self, id: u64, flags: i32) -> Result<u64> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        self.inodes.lock().opening(id);
         if write {
             self.stack.upper()?;
             let _ns = self.ns.write();
@@ -189,7 +190,7 @@ impl Union {
     }
 
     /// The open file handles of node `id`.
-    fn files_of(&self, id: u64) -> Vec<Arc<OpenFile>> {
+    pub(super) fn files_of(&self, id: u64) -> Vec<Arc<OpenFile>> {
         self.files
             .lock()
             .values()

@@ -131,8 +131,12 @@ pub struct Node {
     pub names: Vec<(u64, OsString)>,
     /// The kernel's lookup count (over every generation of this id).
     pub lookups: u64,
-    /// The name last looked up: a call on the node (an open, a chmod) came through it.
+    /// The name last looked up, until a call uses it: the call (an open, a chmod) came
+    /// through it.
     pub last_name: Option<(u64, OsString)>,
+    /// The name the node was last opened through: a call on a descriptor (`futimens`)
+    /// came through it.
+    pub opened_via: Option<(u64, OsString)>,
     /// A lower hard link whose names are linked to its copy one by one (see
     /// `Resolved::per_name`).
     pub per_name: bool,
@@ -187,6 +191,7 @@ impl Inodes {
                 names: Vec::new(),
                 lookups: 1,
                 last_name: None,
+                opened_via: None,
                 per_name: false,
                 removed: None,
             },
@@ -237,6 +242,7 @@ impl Inodes {
             names: Vec::new(),
             lookups: 0,
             last_name: None,
+            opened_via: None,
             per_name: false,
             removed: None,
         });
@@ -417,6 +423,41 @@ impl Inodes {
             self.split.insert((ident, parent, name.clone()), id);
         }
     }
+    /// The name a call on node `id` came through (FUSE does not say): while the node is
+    /// open, the one it was opened through (a call on a descriptor); else the one last
+    /// looked up (used up now).
+    pub fn take_call_name(&mut self, id: u64, open: bool) -> Option<(u64, OsString)> {
+        let node = self.nodes.get_mut(&id)?;
+        let last = node.last_name.take();
+        let name = match open {
+            true => node.opened_via.clone().or(last),
+            false => last,
+        }?;
+        node.names.contains(&name).then_some(name)
+    }
+
+    /// A call used the lookup of `name` in `parent` (a rename, say): it says nothing
+    /// about the next call on its node.
+    pub fn use_lookup(&mut self, parent: u64, name: &OsString) {
+        let Some(id) = self.by_name.get(&(parent, name.clone())).copied() else {
+            return;
+        };
+        if let Some(node) = self.nodes.get_mut(&id) {
+            if node.last_name.as_ref() == Some(&(parent, name.clone())) {
+                node.last_name = None;
+            }
+        }
+    }
+
+    /// Node `id` is being opened: through the name just looked up, if any.
+    pub fn opening(&mut self, id: u64) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            if let Some(name) = node.last_name.clone() {
+                node.opened_via = Some(name);
+            }
+        }
+    }
+
     /// The kernel forgot `n` lookups of `id`; drops the node when none remain.
     pub fn forget(&mut self, id: u64, n: u64) {
         if id == ROOT_ID {

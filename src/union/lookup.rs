@@ -67,6 +67,21 @@ fn is_reg(st: &sys::Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG
 }
 
+/// What the walk of [`Union::resolve`] found for a name that is not a directory.
+struct FoundFile<'a> {
+    layer: LayerIdx,
+    st: sys::Stat,
+    /// The directory it was found in, in that layer.
+    dir: &'a Path,
+    name: &'a OsStr,
+    /// The inode number its origin xattr names (an upper copy).
+    origin: Option<u64>,
+    /// For a metadata-only copy: its data below, with that file's stat, if found.
+    data: Option<(DataLayer, sys::Stat)>,
+    /// It is a metadata-only copy.
+    wants_data: bool,
+}
+
 /// What a layer holds on a redirect's path.
 enum RedirectDir {
     /// The path's directory is not in this layer: look in the next.
@@ -251,7 +266,7 @@ impl Union {
             data = Some((DataLayer { layer: l, path }, st));
             break;
         }
-        let Some((l, mut st)) = top else {
+        let Some((l, st)) = top else {
             return Ok(None);
         };
         if is_dir(&st) {
@@ -266,6 +281,30 @@ impl Union {
                 kind: NodeKind::Dir { layers: dir_layers },
             }));
         }
+        self.resolve_file(FoundFile {
+            layer: l,
+            st,
+            dir: &top_dir,
+            name,
+            origin,
+            data,
+            wants_data,
+        })
+        .map(Some)
+    }
+
+    /// The rest of [`Union::resolve`] for a name that is not a directory: a metadata-only
+    /// copy's data, a lower hard link's copy in the index, the count of names.
+    fn resolve_file(&self, found: FoundFile<'_>) -> Result<Resolved> {
+        let FoundFile {
+            layer: l,
+            mut st,
+            dir: top_dir,
+            name,
+            origin,
+            data,
+            wants_data,
+        } = found;
         let mut data = match data {
             Some((d, data_st)) => {
                 // As the kernel: the blocks are those of the data.
@@ -285,7 +324,7 @@ impl Union {
         let mut index = None;
         let mut layer = l;
         if st.st_nlink > 1 && self.indexing() {
-            let dir = self.stack.open_dir(l, &top_dir)?;
+            let dir = self.stack.open_dir(l, top_dir)?;
             if let Some((key, ist)) = self.index_entry_of(l, dir.as_fd(), name, &st)? {
                 layer = self.stack.index_layer();
                 // A metadata-only copy in the index: its data is the lower file.
@@ -304,9 +343,9 @@ impl Union {
         // An upper file with several links, or an index entry (whose names may all be
         // lower ones): its count of names through the mount.
         if index.is_some() || (upper && st.st_nlink > 1) {
-            st.st_nlink = self.overlay_nlink(layer, &top_dir, name, &index, st.st_nlink);
+            st.st_nlink = self.overlay_nlink(layer, top_dir, name, &index, st.st_nlink);
         }
-        Ok(Some(Resolved {
+        Ok(Resolved {
             layer,
             st,
             ident,
@@ -319,7 +358,7 @@ impl Union {
                 data,
                 index,
             },
-        }))
+        })
     }
 
     /// For `name` in `dir` of layer `l` (stat `st`): its index entry (name and stat) if it

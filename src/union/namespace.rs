@@ -663,6 +663,11 @@ impl Union {
         }
         let exchange = flags.contains(RenameFlags::EXCHANGE);
         let _ns = self.ns.write();
+        {
+            let mut inodes = self.inodes.lock();
+            inodes.use_lookup(parent, &name.to_os_string());
+            inodes.use_lookup(new_parent, &new_name.to_os_string());
+        }
         let upper = self.stack.upper()?;
         let src = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
         let dst = self.resolve_in(new_parent, new_name)?;
