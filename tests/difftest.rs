@@ -585,3 +585,25 @@ fn regress_call_on_a_descriptor_of_a_hard_link_comes_through_its_open_name() {
         ],
     );
 }
+
+/// Found by seed 118616617179 (`step:fstat`): `fstat` of a descriptor of a lower hard link
+/// whose copy is in the index, after its last visible name was removed: the count of
+/// names comes from the index entry's nlink xattr (the lower file's other names count).
+#[test]
+fn regress_fstat_of_a_removed_indexed_hard_link_counts_its_hidden_names() {
+    replay(
+        &[
+            "L1 file d d=7:584940",
+            "L1 link f =d",
+            "L1 link e/e =d",
+            "L0 sym e ->nonexist",
+            "U file f/b at=4096 d=70000:314354",
+        ],
+        &[
+            "create d 0 - 0 70000:132676",
+            "open 1 d r",
+            "rmrf .",
+            "fstat 1",
+        ],
+    );
+}

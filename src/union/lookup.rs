@@ -599,6 +599,14 @@ impl Union {
             return Ok(attr);
         }
         let mut attr = Attr::from_stat(id, &sys::stat_fd(fd.as_fd())?);
+        if layer == self.stack.index_layer() {
+            // A lower hard link: the names left through the mount, as its entry counts them.
+            if let Ok(Some(v)) = sys::xattr_get(fd.as_fd(), OsStr::new(layer::NLINK_XATTR)) {
+                let links = u64::from(attr.nlink);
+                let nlink = layer::overlay_nlink(&v, links, None).unwrap_or(links);
+                attr.nlink = u32::try_from(nlink).unwrap_or(u32::MAX);
+            }
+        }
         if !self.stack.is_upper(layer) {
             // The lower file itself lives on; through the mount it has no name left.
             attr.nlink = 0;
