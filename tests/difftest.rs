@@ -607,3 +607,17 @@ fn regress_fstat_of_a_removed_indexed_hard_link_counts_its_hidden_names() {
         ],
     );
 }
+
+/// Found by seed 582921012627 (`final:nlink` of a directory): `link` always comes through
+/// the path it names, even while the file is open through another name.
+#[test]
+fn regress_link_of_an_open_hard_link_comes_through_its_path() {
+    replay(
+        &[
+            "L0 file f/a/a d=5000:966832",
+            "L0 link d/f =f/a/a",
+            "L0 file f/b/e d=4096:306419",
+        ],
+        &["open 1 d/f wt", "link f/a/a f/b/d"],
+    );
+}

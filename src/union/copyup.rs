@@ -81,6 +81,13 @@ impl Union {
         }
     }
 
+    /// [`Union::copy_up_meta`] for a call that always comes through a path (`link`): the
+    /// name just looked up, even while the node is open through another.
+    pub(super) fn copy_up_by_path(&self, id: u64) -> Result<()> {
+        let via = self.inodes.lock().take_call_name(id, false);
+        self.copy_up_as(id, self.opts.metacopy && self.root, via)
+    }
+
     /// [`Union::copy_up_meta`] for a call that came through `name` in `parent` (which
     /// matters for a lower hard link: that name is the one linked to the copy).
     pub(super) fn copy_up_via(&self, id: u64, parent: u64, name: &OsStr) -> Result<()> {

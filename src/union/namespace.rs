@@ -400,7 +400,7 @@ impl Union {
         if self.resolve_in(new_parent, new_name)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        self.copy_up_meta(id)?;
+        self.copy_up_by_path(id)?;
         self.copy_up(new_parent)?;
         // The file to link: its upper copy (or, for a lower hard link, the index entry).
         let (layer, path, kind) = self.node_info(id)?;
