@@ -621,3 +621,14 @@ fn regress_link_of_an_open_hard_link_comes_through_its_path() {
         &["open 1 d/f wt", "link f/a/a f/b/d"],
     );
 }
+
+/// Found by seed 243796753591 (`final:nlink` of a directory): accepted difference
+/// `hard-link-call-name`: a path `utimens` of one name of a lower hard link while it is
+/// open through another; strata links the open name, the kernel the path's.
+#[test]
+fn regress_hard_link_call_name_is_not_known_to_fuse() {
+    replay(
+        &["L2 file d/d/c d=70000:246874", "L2 link d/b =d/d/c"],
+        &["open 2 d/b r", "utimens d/d/c 1259780083 now"],
+    );
+}

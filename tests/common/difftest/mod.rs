@@ -180,7 +180,17 @@ impl Run {
     /// compares the starting trees.
     pub fn start(layers: &[Entry], lenient: bool) -> Result<Run, Divergence> {
         require_root_and_fuse();
-        compare::reset_run();
+        // The names of lower hard links: each `link` entry and its target.
+        let hard_links = layers
+            .iter()
+            .filter(|e| matches!(e.layer, layers::Layer::Lower(_)))
+            .filter_map(|e| match &e.kind {
+                layers::Kind::Link(target) => Some([e.path.clone(), target.clone()]),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        compare::reset_run(hard_links);
         let dir = tempfile::Builder::new()
             .prefix("strata-test-difftest-")
             .tempdir_in("/tmp")
