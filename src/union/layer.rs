@@ -442,17 +442,40 @@ pub enum Whiteout {
 /// `y`, or it holds the OCI `.wh..wh..opq` marker.
 pub fn is_opaque(fd: BorrowedFd<'_>) -> Result<bool> {
     for name in [OPAQUE_XATTR, OPAQUE_XATTR_USER] {
-        match sys::xattr_get(fd, OsStr::new(name)) {
-            Ok(Some(v)) if v == b"y" => return Ok(true),
-            Ok(_) => {}
-            // Filesystems without xattrs, or trusted.* refused to a non-root daemon.
-            Err(rustix::io::Errno::OPNOTSUPP)
-            | Err(rustix::io::Errno::PERM)
-            | Err(rustix::io::Errno::ACCESS) => {}
-            Err(e) => return Err(e.into()),
+        if overlay_xattr(sys::xattr_get(fd, OsStr::new(name)))?.is_some_and(|v| v == b"y") {
+            return Ok(true);
         }
     }
     Ok(sys::exists_at(fd, OsStr::from_bytes(WH_OPAQUE))?)
+}
+
+/// The result of reading an overlay xattr: its value, or `None` where it is absent or
+/// cannot be there (a filesystem without xattrs, or `trusted.*` refused to a daemon that
+/// is not root).
+fn overlay_xattr(
+    r: std::result::Result<Option<Vec<u8>>, rustix::io::Errno>,
+) -> Result<Option<Vec<u8>>> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(rustix::io::Errno::OPNOTSUPP)
+        | Err(rustix::io::Errno::PERM)
+        | Err(rustix::io::Errno::ACCESS) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Overlay xattr `attr` of the entry `name` in `dir` (a symlink itself, not followed).
+pub fn overlay_xattr_at(dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> Result<Option<Vec<u8>>> {
+    overlay_xattr(sys::xattr_get_at(dir, name, OsStr::new(attr)))
+}
+
+/// The index entry of the upper file `name` in `dir`, if it is a name of an indexed hard
+/// link (it has a count of names and an origin, which names the entry).
+pub fn upper_index_key(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<OsString>> {
+    if overlay_xattr_at(dir, name, NLINK_XATTR)?.is_none() {
+        return Ok(None);
+    }
+    Ok(overlay_xattr_at(dir, name, ORIGIN_XATTR)?.map(|o| index_key(&o)))
 }
 
 /// Where the layers below look for a renamed directory.
@@ -491,16 +514,11 @@ impl Redirect {
 /// The redirect of the directory `fd` (an `O_PATH` descriptor), if it has a valid one.
 pub fn redirect(fd: BorrowedFd<'_>) -> Result<Option<Redirect>> {
     for name in [REDIRECT_XATTR, REDIRECT_XATTR_USER] {
-        match sys::xattr_get(fd, OsStr::new(name)) {
-            Ok(Some(v)) => match Redirect::parse(&v) {
+        if let Some(v) = overlay_xattr(sys::xattr_get(fd, OsStr::new(name)))? {
+            match Redirect::parse(&v) {
                 Some(r) => return Ok(Some(r)),
                 None => log::warn!("ignoring an invalid {name}: {:?}", OsStr::from_bytes(&v)),
-            },
-            Ok(None) => {}
-            Err(rustix::io::Errno::OPNOTSUPP)
-            | Err(rustix::io::Errno::PERM)
-            | Err(rustix::io::Errno::ACCESS) => {}
-            Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(None)

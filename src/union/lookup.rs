@@ -375,11 +375,9 @@ impl Union {
             return Ok(None);
         };
         let key = if self.stack.is_upper(l) {
-            let nlink = sys::xattr_get_at(dir, name, OsStr::new(layer::NLINK_XATTR));
-            let origin = sys::xattr_get_at(dir, name, OsStr::new(layer::ORIGIN_XATTR));
-            match (nlink, origin) {
-                (Ok(Some(_)), Ok(Some(o))) => layer::index_key(&o),
-                _ => return Ok(None),
+            match layer::upper_index_key(dir, name)? {
+                Some(key) => key,
+                None => return Ok(None),
             }
         } else {
             let fd = sys::open_beneath(dir, Path::new(name), OFlags::PATH | OFlags::NOFOLLOW, 0)?;
@@ -460,27 +458,13 @@ impl Union {
 
     /// Whether the regular file `name` in `dir` is a metadata-only copy.
     fn is_metacopy(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
-        let attr = OsStr::new(layer::METACOPY_XATTR);
-        match sys::xattr_get_at(dir, name, attr) {
-            Ok(v) => Ok(v.is_some()),
-            Err(rustix::io::Errno::OPNOTSUPP)
-            | Err(rustix::io::Errno::PERM)
-            | Err(rustix::io::Errno::ACCESS) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        Ok(layer::overlay_xattr_at(dir, name, layer::METACOPY_XATTR)?.is_some())
     }
 
     /// The redirect of the file `name` in `dir` (a renamed metadata-only copy).
     fn file_redirect(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Redirect>> {
-        let attr = OsStr::new(layer::REDIRECT_XATTR);
-        match sys::xattr_get_at(dir, name, attr) {
-            Ok(Some(v)) => Ok(Redirect::parse(&v)),
-            Ok(None)
-            | Err(rustix::io::Errno::OPNOTSUPP)
-            | Err(rustix::io::Errno::PERM)
-            | Err(rustix::io::Errno::ACCESS) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let value = layer::overlay_xattr_at(dir, name, layer::REDIRECT_XATTR)?;
+        Ok(value.and_then(|v| Redirect::parse(&v)))
     }
 
     /// The inode number recorded by the origin xattr of the upper file `name` in `dir`,

@@ -496,16 +496,6 @@ impl Union {
         self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)
     }
 
-    /// The index entry of the upper file `name` in `dir`, if it is an indexed hard link.
-    fn index_key_of(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<OsString> {
-        let nlink = sys::xattr_get_at(dir, name, OsStr::new(layer::NLINK_XATTR));
-        let origin = sys::xattr_get_at(dir, name, OsStr::new(layer::ORIGIN_XATTR));
-        match (nlink, origin) {
-            (Ok(Some(_)), Ok(Some(o))) => Some(layer::index_key(&o)),
-            _ => None,
-        }
-    }
-
     /// Removes index entry `key` once no name through the mount leads to its file.
     fn drop_index_if_unused(&self, key: Option<OsString>) {
         let Some(key) = key else {
@@ -536,7 +526,7 @@ impl Union {
         let udir = self.stack.open_dir(upper, &dir)?;
         let is_dir = matches!(r.kind, NodeKind::Dir { .. });
         let index_key = match r.upper_name && !is_dir {
-            true => self.index_key_of(udir.as_fd(), name),
+            true => layer::upper_index_key(udir.as_fd(), name)?,
             false => None,
         };
         if !r.upper_name {
@@ -778,7 +768,9 @@ impl Union {
 
         keep_contents(sdir, name, &src, new_parent, dst_lower)?;
         let replaced_key = match &dst {
-            Some(d) if d.upper_name && d.kind.dir_len() == 0 => self.index_key_of(ddir, new_name),
+            Some(d) if d.upper_name && d.kind.dir_len() == 0 => {
+                layer::upper_index_key(ddir, new_name)?
+            }
             _ => None,
         };
         // An upper directory being replaced holds nothing but whiteouts: move it aside.
