@@ -16,7 +16,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::options::{is_work_leftover, MountOptions};
-use super::StrataFs;
+use super::{CachePolicy, StrataFs};
 use crate::error::MountError;
 use crate::sys;
 use crate::union::{Stack, StackPaths, Union, UnionOptions};
@@ -207,7 +207,7 @@ impl MountPlan {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
-                .max(2),
+                .max(4),
         );
         c.clone_fd = true;
         c
@@ -236,6 +236,9 @@ fn serve(
     };
     let mnt = req.mountpoint.clone();
     let conn = connection_id(&mnt);
+    if let Some(c) = &conn {
+        raise_readahead(c);
+    }
     std::thread::Builder::new()
         .name("strata-signals".into())
         .spawn(move || on_termination(&mnt, conn))
@@ -272,12 +275,13 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
     };
     let union = Union::new(stack, opts);
     let notifier = Arc::new(OnceLock::new());
-    let fs = StrataFs::new(
-        Arc::new(union),
-        o.timeout.unwrap_or(DEFAULT_TIMEOUT),
-        Arc::clone(&notifier),
-    );
     let read_only = paths.upper.is_none();
+    let policy = CachePolicy {
+        ttl: o.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        passthrough: o.passthrough,
+        writable: !read_only,
+    };
+    let fs = StrataFs::new(Arc::new(union), policy, Arc::clone(&notifier));
     let plan = MountPlan::new(o, read_only);
     let config = plan.fuser_config();
     let what = format!("mounting on {}", req.mountpoint.display());
@@ -328,6 +332,16 @@ fn connection_id(mnt: &Path) -> Option<String> {
             .then(|| f[2].split(':').nth(1).map(str::to_string))
             .flatten()
     })
+}
+
+/// Lets the kernel read ahead 1 MiB at a time through the page cache (the FUSE default is
+/// 128 KiB), so a sequential read of a file served by strata takes a quarter of the
+/// round trips. Files passed through read ahead by their own filesystem's rules.
+fn raise_readahead(conn: &str) {
+    let knob = format!("/sys/class/bdi/0:{conn}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, b"1024") {
+        log::info!("cannot raise the readahead ({knob}): {e}");
+    }
 }
 
 /// Waits for SIGTERM/SIGINT/SIGHUP, then unmounts; aborts the connection if the session

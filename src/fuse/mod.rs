@@ -2,6 +2,7 @@
 //! replies. No overlay logic lives here; nothing here panics.
 
 pub mod daemon;
+mod io;
 pub mod options;
 
 use std::ffi::OsStr;
@@ -12,29 +13,52 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use self::io::{Mode, OpenModes};
+use self::options::Passthrough;
 use crate::error::Errno;
 use crate::sys::SetTime;
-use crate::union::{Attr, Creds, SetAttr, Union};
+use crate::union::{Attr, Creds, ReadBuf, SetAttr, Union};
+
+/// How the kernel is to cache and move data, decided from the mount options.
+#[derive(Clone, Copy, Debug)]
+pub struct CachePolicy {
+    /// Entry and attribute timeout.
+    pub ttl: Duration,
+    /// Which files to pass through (asked for only as root: the kernel allows backing
+    /// files to privileged servers only).
+    pub passthrough: Passthrough,
+    /// Whether the mount can be written (the writeback cache is asked for only then).
+    pub writable: bool,
+}
 
 /// The `fuser::Filesystem` over a [`Union`].
 pub struct StrataFs {
     union: Arc<Union>,
+    policy: CachePolicy,
     ttl: Duration,
     /// Set once the session exists; used to drop the kernel's cached attributes where a
     /// change reaches them by a side path (an ACL xattr rewriting the mode bits).
     notifier: Arc<OnceLock<Notifier>>,
+    /// Passthrough or page cache, per open inode.
+    modes: OpenModes,
 }
 
 impl StrataFs {
-    pub fn new(union: Arc<Union>, ttl: Duration, notifier: Arc<OnceLock<Notifier>>) -> StrataFs {
+    pub fn new(
+        union: Arc<Union>,
+        policy: CachePolicy,
+        notifier: Arc<OnceLock<Notifier>>,
+    ) -> StrataFs {
         StrataFs {
             union,
-            ttl,
+            ttl: policy.ttl,
+            policy,
             notifier,
+            modes: OpenModes::new(),
         }
     }
 
@@ -53,6 +77,11 @@ impl StrataFs {
             }
         }
     }
+}
+
+thread_local! {
+    /// Each serving thread reads file data into one buffer, reused.
+    static READ_BUF: std::cell::RefCell<ReadBuf> = std::cell::RefCell::new(ReadBuf::default());
 }
 
 fn err(e: Errno) -> fuser::Errno {
@@ -112,12 +141,16 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-/// How the kernel is to treat an open file: `O_DIRECT` I/O goes to strata as the caller
-/// issued it (offsets, sizes), so the backing file's rules for it apply.
-fn open_flags(flags: i32) -> FopenFlags {
-    match flags & libc::O_DIRECT {
-        0 => FopenFlags::empty(),
-        _ => FopenFlags::FOPEN_DIRECT_IO,
+/// How the kernel is to treat an open file served through the page cache: `O_DIRECT` I/O
+/// goes to strata as the caller issued it (offsets, sizes), so the backing file's rules
+/// for it apply; other pages stay cached across opens while they are known to be right.
+fn cached_flags(flags: i32, keep_cache: bool) -> FopenFlags {
+    if flags & libc::O_DIRECT != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else if keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
     }
 }
 
@@ -172,11 +205,49 @@ impl StrataFs {
 impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // The kernel checks POSIX ACLs itself (read through getxattr) and leaves the umask
-        // to strata, which applies it unless a default ACL decides the mode.
-        for cap in [InitFlags::FUSE_POSIX_ACL, InitFlags::FUSE_DONT_MASK] {
+        // to strata, which applies it unless a default ACL decides the mode. Directory
+        // listings carry attributes when the caller goes on to stat the entries; lookups
+        // in one directory run in parallel; symlink targets stay cached.
+        for cap in [
+            InitFlags::FUSE_POSIX_ACL,
+            InitFlags::FUSE_DONT_MASK,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
             if config.add_capabilities(cap).is_err() {
                 log::info!("the kernel does not offer {cap:?}");
             }
+        }
+        // Passthrough needs a privileged server. The writeback cache is the fallback: the
+        // kernel refuses passthrough opens on a connection that has it.
+        let p = self.policy;
+        let root = rustix::process::geteuid().is_root();
+        if p.passthrough != Passthrough::Off
+            && root
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            // Depth 1: backing files may not be on a stacking filesystem themselves (such
+            // a file goes through the page cache), and one stacking filesystem may still
+            // be mounted over strata.
+            if let Err(e) = config.set_max_stack_depth(1) {
+                log::info!("max_stack_depth 1 refused ({e})");
+            }
+            self.modes.enable_passthrough(p.passthrough);
+        } else if p.writable
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_err()
+        {
+            log::info!("the kernel does not offer the writeback cache");
+        }
+        // Many reads and writes of the page cache in flight at once.
+        if let Err(e) = config.set_max_background(64) {
+            log::info!("max_background 64 refused ({e})");
+        }
+        if let Err(e) = config.set_congestion_threshold(48) {
+            log::info!("congestion_threshold 48 refused ({e})");
         }
         Ok(())
     }
@@ -321,9 +392,20 @@ impl Filesystem for StrataFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = self.union.open(ino.0, flags.0);
         self.flush_changed();
-        match r {
-            Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
-            Err(e) => reply.error(err(e)),
+        let fh = match r {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(err(e)),
+        };
+        match self
+            .modes
+            .open(&self.union, ino.0, fh, |fd| reply.open_backing(fd))
+        {
+            Mode::Passthrough(id) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+            }
+            Mode::Cached { keep_cache } => {
+                reply.opened(FileHandle(fh), cached_flags(flags.0, keep_cache))
+            }
         }
     }
 
@@ -338,10 +420,10 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.union.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
+        READ_BUF.with_borrow_mut(|buf| match self.union.read(fh.0, offset, size, buf) {
+            Ok(d) => reply.data(d),
             Err(e) => reply.error(err(e)),
-        }
+        })
     }
 
     fn write(
@@ -376,7 +458,7 @@ impl Filesystem for StrataFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -384,6 +466,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         self.union.release(fh.0);
+        self.modes.release(ino.0);
         reply.ok();
     }
 
@@ -400,7 +483,11 @@ impl Filesystem for StrataFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel keeps the listing in its page cache until the directory changes.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -426,6 +513,64 @@ impl Filesystem for StrataFs {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.union.readdir(fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, e) in entries
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        {
+            let next = (i + 1) as u64;
+            let dots = e.name == "." || e.name == "..";
+            // The kernel counts a lookup for every entry but the dots, whose attributes
+            // it ignores.
+            let (attr, looked_up) = if dots {
+                let a = Attr {
+                    ino: e.ino,
+                    mode: e.fmt,
+                    ..Attr::default()
+                };
+                (a, false)
+            } else {
+                match self.union.lookup(ino.0, &e.name) {
+                    Ok(a) => (a, true),
+                    // Gone since the listing was taken: leave it out.
+                    Err(_) => continue,
+                }
+            };
+            let ttl = match looked_up && self.union.per_name(attr.ino) {
+                true => Duration::ZERO,
+                false => self.ttl,
+            };
+            let full = reply.add(
+                INodeNo(attr.ino),
+                next,
+                &e.name,
+                &ttl,
+                &file_attr(&attr),
+                Generation(0),
+            );
+            if full {
+                if looked_up {
+                    self.union.forget(attr.ino, 1);
+                }
+                break;
+            }
+        }
+        self.flush_changed();
         reply.ok();
     }
 
@@ -507,15 +652,22 @@ impl Filesystem for StrataFs {
         let creds = creds_masked(req, umask);
         let r = self.union.create(parent.0, name, mode, flags, creds);
         self.flush_changed();
-        match r {
-            Ok((a, fh)) => reply.created(
-                &self.ttl,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                open_flags(flags),
-            ),
-            Err(e) => reply.error(err(e)),
+        let (a, fh) = match r {
+            Ok(v) => v,
+            Err(e) => return reply.error(err(e)),
+        };
+        let (attr, gen, fh) = (file_attr(&a), Generation(0), FileHandle(fh));
+        match self
+            .modes
+            .open(&self.union, a.ino, fh.0, |fd| reply.open_backing(fd))
+        {
+            Mode::Passthrough(id) => {
+                reply.created_passthrough(&self.ttl, &attr, gen, fh, FopenFlags::empty(), &id)
+            }
+            Mode::Cached { keep_cache } => {
+                let flags = cached_flags(flags, keep_cache);
+                reply.created(&self.ttl, &attr, gen, fh, flags)
+            }
         }
     }
 

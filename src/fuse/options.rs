@@ -29,6 +29,8 @@ pub struct MountOptions {
     pub no_index: bool,
     /// Entry and attribute cache timeout.
     pub timeout: Option<Duration>,
+    /// How file data reaches the kernel (`passthrough=`).
+    pub passthrough: Passthrough,
     pub allow_other: Option<bool>,
     pub default_permissions: Option<bool>,
     pub noatime: bool,
@@ -36,6 +38,22 @@ pub struct MountOptions {
     pub suid: Option<bool>,
     pub exec: Option<bool>,
     pub debug: bool,
+}
+
+/// Which open files the kernel reads and writes directly (FUSE passthrough) instead of
+/// asking strata for every page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Files whose data can no longer move: upper files, and every file of a read-only
+    /// mount. A lower file of a writable mount goes through the page cache, so a reader
+    /// sees the data of a copy-up that happens while it holds the file open.
+    #[default]
+    On,
+    /// Lower files too: faster, but a descriptor opened on a lower file before another
+    /// process copies it up keeps reading the lower data.
+    All,
+    /// Never: everything goes through the page cache (with the writeback cache).
+    Off,
 }
 
 /// Splits `s` at every `sep` not escaped by a backslash; escapes are kept.
@@ -139,6 +157,14 @@ impl MountOptions {
                     "off" => self.no_index = true,
                     other => return Err(bad(key, format!("'{other}' is not on or off"))),
                 },
+                "passthrough" => {
+                    self.passthrough = match need(key, value)? {
+                        "on" => Passthrough::On,
+                        "all" => Passthrough::All,
+                        "off" => Passthrough::Off,
+                        other => return Err(bad(key, format!("'{other}' is not on, all or off"))),
+                    }
+                }
                 "metacopy" => match need(key, value)? {
                     "on" => self.no_metacopy = false,
                     "off" => self.no_metacopy = true,
@@ -399,6 +425,15 @@ mod tests {
         assert!(!parse("metacopy=on").unwrap().no_metacopy);
         assert!(parse("redirect_dir=on,redirect_dir=follow").is_ok());
         assert!(parse("index=off").unwrap().no_index);
+        assert_eq!(parse("").unwrap().passthrough, Passthrough::On);
+        assert_eq!(
+            parse("passthrough=all").unwrap().passthrough,
+            Passthrough::All
+        );
+        assert_eq!(
+            parse("passthrough=off").unwrap().passthrough,
+            Passthrough::Off
+        );
     }
 
     #[test]
@@ -414,6 +449,10 @@ mod tests {
             (
                 "metacopy=yes",
                 "mount option 'metacopy': 'yes' is not on or off",
+            ),
+            (
+                "passthrough=lower",
+                "mount option 'passthrough': 'lower' is not on, all or off",
             ),
             (
                 "redirect_dir=off",

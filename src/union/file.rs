@@ -67,15 +67,27 @@ impl Aligned {
     fn as_mut(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
     }
+}
 
-    /// The first `n` bytes.
-    fn into_vec(mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.len);
-        if self.start == 0 {
-            self.raw.truncate(n);
-            return self.raw;
+/// A read buffer kept from one read to the next (one per serving thread): a large read
+/// neither allocates nor zeroes memory, and the buffer suits `O_DIRECT` too.
+#[derive(Default)]
+pub struct ReadBuf {
+    raw: Vec<u8>,
+}
+
+impl ReadBuf {
+    /// `len` bytes starting at an `O_DIRECT`-aligned address.
+    fn slice(&mut self, len: usize) -> &mut [u8] {
+        if self.raw.len() < len + DIRECT_ALIGN {
+            self.raw = vec![0u8; len + DIRECT_ALIGN];
         }
-        self.raw[self.start..self.start + n].to_vec()
+        let start = self
+            .raw
+            .as_ptr()
+            .align_offset(DIRECT_ALIGN)
+            .min(DIRECT_ALIGN);
+        &mut self.raw[start..start + len]
     }
 }
 
@@ -229,15 +241,20 @@ impl Union {
         }
         Ok(())
     }
-    /// Reads up to `size` bytes at `offset`.
+    /// Reads up to `size` bytes at `offset` into `buf`; returns the bytes read.
     ///
     /// # Errors
     /// `EBADF` for an unknown handle, or the errno of `pread`.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read<'b>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        buf: &'b mut ReadBuf,
+    ) -> Result<&'b [u8]> {
         let f = self.file(fh)?;
         let b = f.backing.read();
-        let mut raw = Aligned::new(size as usize, f.is_direct());
-        let buf = raw.as_mut();
+        let buf = buf.slice(size as usize);
         let mut done = 0;
         while done < buf.len() {
             match rustix::io::pread(b.1.as_fd(), &mut buf[done..], offset + done as u64) {
@@ -249,7 +266,7 @@ impl Union {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(raw.into_vec(done))
+        Ok(&buf[..done])
     }
 
     /// Writes `data` at `offset`; returns the count written.
@@ -296,6 +313,36 @@ impl Union {
         let b = f.backing.read();
         let at = rustix::fs::seek(b.1.as_fd(), pos)?;
         i64::try_from(at).map_err(|_| Errno::EINVAL)
+    }
+
+    /// Calls `f` with the backing descriptor of handle `fh` when its data can be handed to
+    /// the kernel for good (FUSE passthrough binds an open file to one backing file): data
+    /// in the upper layer, or in a read-only mount, never moves again. A lower file of a
+    /// writable mount can be copied up while the handle is open, so it qualifies only with
+    /// `lower` (the caller accepting that such a reader keeps the lower data).
+    pub fn with_settled_fd<R>(
+        &self,
+        fh: u64,
+        lower: bool,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> R,
+    ) -> Option<R> {
+        let file = self.file(fh).ok()?;
+        let b = file.backing.read();
+        let settled = !self.stack.has_upper() || self.stack.is_upper(b.0) || lower;
+        settled.then(|| f(b.1.as_fd()))
+    }
+
+    /// The layer of the file behind handle `fh`.
+    pub fn data_layer(&self, fh: u64) -> Option<LayerIdx> {
+        self.file(fh).ok().map(|f| f.backing.read().0)
+    }
+
+    /// Whether the data behind handle `fh` sits in a lower layer (and so never changes
+    /// while it stays there).
+    pub fn is_lower_data(&self, fh: u64) -> bool {
+        self.file(fh)
+            .map(|f| !self.stack.is_upper(f.backing.read().0))
+            .unwrap_or(false)
     }
 
     /// Closes handle `fh`.

@@ -34,7 +34,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Errno, Result};
 use crate::sys;
-pub use file::{DirHandle, OpenFile, SetAttr};
+pub use file::{DirHandle, OpenFile, ReadBuf, SetAttr};
 use inode::{DirLayer, Inodes, Node, NodeKind, ROOT_ID};
 pub use layer::{LayerIdx, Stack, StackPaths};
 

@@ -94,9 +94,10 @@ fn lookup(u: &Union, path: &str) -> Result<Attr> {
 fn read_all(u: &Union, path: &str) -> String {
     let a = lookup(u, path).unwrap();
     let fh = u.open(a.ino, libc::O_RDONLY).unwrap();
-    let data = u.read(fh, 0, 1 << 20).unwrap();
+    let mut buf = super::ReadBuf::default();
+    let data = u.read(fh, 0, 1 << 20, &mut buf).unwrap();
     u.release(fh);
-    String::from_utf8(data).unwrap()
+    String::from_utf8(data.to_vec()).unwrap()
 }
 
 fn is_whiteout(p: &Path) -> bool {

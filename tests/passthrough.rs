@@ -1,0 +1,264 @@
+//! The data path: which files the kernel reads and writes directly (FUSE passthrough),
+//! which go through the page cache, what a reader holding a file open sees when another
+//! process copies it up, and that the daemon lets go of descriptors when files close.
+//!
+//! Which requests reach the daemon is read from its debug log (`-d`): a passed-through
+//! file's reads and writes never show there.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+use common::*;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A strata daemon in the foreground with `-d`, its log in a file; unmounted (and the
+/// daemon waited for) on Drop.
+struct LoggedMount {
+    child: Child,
+    log: PathBuf,
+    mount: Option<StrataMount>,
+}
+
+impl LoggedMount {
+    fn new(s: &Scratch, extra: &str) -> LoggedMount {
+        let log = s.path("daemon.log");
+        let opts = match extra {
+            "" => s.opts(1),
+            _ => format!("{},{extra}", s.opts(1)),
+        };
+        let child = Command::new(strata_bin())
+            .args(["-d", "-o", &opts])
+            .arg(s.mnt())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = LoggedMount {
+            child,
+            log,
+            mount: None,
+        };
+        assert!(
+            wait_for(20, || mounted(&s.mnt())),
+            "strata -d did not mount {}",
+            s.mnt().display()
+        );
+        m.mount = Some(StrataMount::adopt(&s.mnt()));
+        m
+    }
+
+    /// Unmounts, waits for the daemon, and returns its log.
+    fn finish(mut self) -> String {
+        self.mount.take();
+        self.child.wait().unwrap();
+        fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for LoggedMount {
+    fn drop(&mut self) {
+        if self.mount.take().is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            // Never mounted (or finished): do not wait for a daemon that will not end.
+            if let Err(e) = self.child.kill() {
+                eprintln!("killing the strata daemon: {e}");
+            }
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("waiting for the strata daemon: {e}");
+        }
+    }
+}
+
+/// The inode number the daemon's log uses for `p` (the node id is the inode number).
+fn node(p: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("ino {:#018x} ", fs::metadata(p).unwrap().ino())
+}
+
+/// The requests of kind `op` (`READ`, `WRITE`) the daemon got for the file `ino`.
+fn requests(log: &str, ino: &str, op: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains(ino) && l.contains(&format!(" {op} ")))
+        .count()
+}
+
+fn layers() -> Scratch {
+    let s = Scratch::new();
+    put(&s.lower(0).join("lower"), "lower data");
+    s
+}
+
+/// Writes `data` to a new file and reads it back through fresh descriptors.
+fn write_and_read(p: &Path, data: &str) {
+    fs::write(p, data).unwrap();
+    assert_eq!(fs::read_to_string(p).unwrap(), data);
+}
+
+#[test]
+fn upper_files_are_passed_through_and_lower_files_of_a_writable_mount_are_not() {
+    let s = layers();
+    let m = LoggedMount::new(&s, "");
+    let upper = s.mnt().join("new");
+    write_and_read(&upper, "upper data");
+    assert_eq!(
+        fs::read_to_string(s.mnt().join("lower")).unwrap(),
+        "lower data"
+    );
+    let (u, l) = (node(&upper), node(&s.mnt().join("lower")));
+    let log = m.finish();
+    assert!(
+        log.contains("FUSE_PASSTHROUGH enabled"),
+        "no passthrough in:\n{log}"
+    );
+    assert_eq!(requests(&log, &u, "READ") + requests(&log, &u, "WRITE"), 0);
+    assert!(
+        requests(&log, &l, "READ") > 0,
+        "the lower file was passed through"
+    );
+}
+
+#[test]
+fn passthrough_all_passes_lower_files_through_and_refuses_writers_while_they_are_read() {
+    let s = layers();
+    let m = LoggedMount::new(&s, "passthrough=all");
+    let p = s.mnt().join("lower");
+    let reader = fs::File::open(&p).unwrap();
+    let mut buf = [0u8; 10];
+    reader.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"lower data");
+    let l = node(&p);
+    // The reader's descriptor is bound to the lower file: the kernel lets no open of the
+    // same inode use another file while it lives (it answers EIO).
+    let e = fs::OpenOptions::new().append(true).open(&p).unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    drop(reader);
+    let opened = wait_for(20, || fs::OpenOptions::new().append(true).open(&p).is_ok());
+    assert!(opened, "no write open once the reader closed");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(b"+more")
+        .unwrap();
+    assert_eq!(fs::read_to_string(&p).unwrap(), "lower data+more");
+    let log = m.finish();
+    assert_eq!(
+        requests(&log, &l, "READ"),
+        0,
+        "lower file read by the daemon"
+    );
+    assert_eq!(
+        fs::read_to_string(s.lower(0).join("lower")).unwrap(),
+        "lower data"
+    );
+}
+
+#[test]
+fn passthrough_off_serves_every_file_through_the_writeback_cache() {
+    let s = layers();
+    let m = LoggedMount::new(&s, "passthrough=off");
+    let upper = s.mnt().join("new");
+    write_and_read(&upper, "upper data");
+    // Dropped pages must come back from the daemon.
+    fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    assert_eq!(fs::read_to_string(&upper).unwrap(), "upper data");
+    let u = node(&upper);
+    let log = m.finish();
+    assert!(!log.contains("FUSE_PASSTHROUGH enabled"));
+    assert!(log.contains("FUSE_WRITEBACK_CACHE enabled"), "{log}");
+    assert!(requests(&log, &u, "WRITE") > 0 && requests(&log, &u, "READ") > 0);
+}
+
+/// A reader holding a lower file open, another process rewriting it (which copies it up),
+/// the reader reading again, then both closing and the file written and read anew. Returns
+/// what the reader saw after the rewrite, and the final contents.
+fn reader_across_a_copy_up(mnt: &Path) -> (String, String) {
+    let p = mnt.join("lower");
+    let reader = fs::File::open(&p).unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = reader.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"lower data");
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    writer.write_all(b"rewritten by another process").unwrap();
+    let n = reader.read_at(&mut buf, 0).unwrap();
+    let seen = String::from_utf8_lossy(&buf[..n]).into_owned();
+    drop((reader, writer));
+    // Later opens must not see pages cached before the copy-up.
+    fs::write(&p, "third").unwrap();
+    (seen, fs::read_to_string(&p).unwrap())
+}
+
+#[test]
+fn a_reader_of_a_lower_file_sees_a_copy_up_by_another_process() {
+    let s = layers();
+    let k = s.kernel_mount_opts(1, &s.dir("kupper"));
+    let want = reader_across_a_copy_up(&k.mnt);
+    drop(k);
+    assert_eq!(want.0, "rewritten by another process");
+    for extra in ["", "passthrough=off"] {
+        let s = layers();
+        let m = LoggedMount::new(&s, extra);
+        let got = reader_across_a_copy_up(&s.mnt());
+        m.finish();
+        assert_eq!(got, want, "with options {extra:?}");
+    }
+}
+
+#[test]
+fn two_processes_share_a_passed_through_file() {
+    let s = layers();
+    let m = s.mount(1);
+    let p = m.path("shared");
+    fs::write(&p, "one").unwrap();
+    let reader = fs::File::open(&p).unwrap();
+    let writer = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    writer.write_all_at(b"two", 0).unwrap();
+    let mut buf = [0u8; 3];
+    reader.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"two");
+    // Append through a third descriptor: the size the others see follows.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(b"+three")
+        .unwrap();
+    assert_eq!(reader.metadata().unwrap().len(), 9);
+    assert_eq!(fs::read_to_string(&p).unwrap(), "two+three");
+}
+
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn the_daemon_closes_descriptors_when_files_close() {
+    let s = Scratch::new();
+    for i in 0..300 {
+        put(&s.lower(0).join(format!("l{i}")), "x");
+    }
+    let m = s.mount(1);
+    let pid = daemon_pid(&s.mnt());
+    let baseline = open_fds(pid);
+    let mut files = Vec::new();
+    for i in 0..300 {
+        files.push(fs::File::open(m.path(&format!("l{i}"))).unwrap());
+        files.push(fs::File::create(m.path(&format!("u{i}"))).unwrap());
+    }
+    let peak = open_fds(pid);
+    assert!(peak >= baseline + 600, "{peak} fds with 600 files open");
+    drop(files);
+    // Releases reach the daemon after close(2) returns.
+    let settled = wait_for(20, || open_fds(pid) <= baseline);
+    assert!(
+        settled,
+        "{} fds after closing, {baseline} before opening",
+        open_fds(pid)
+    );
+}
