@@ -156,7 +156,7 @@ fn passthrough_all_passes_lower_files_through_and_refuses_writers_while_they_are
 }
 
 #[test]
-fn passthrough_off_serves_every_file_through_the_writeback_cache() {
+fn passthrough_off_serves_every_file_through_the_page_cache() {
     let s = layers();
     let m = LoggedMount::new(&s, "passthrough=off");
     let upper = s.mnt().join("new");
@@ -167,7 +167,6 @@ fn passthrough_off_serves_every_file_through_the_writeback_cache() {
     let u = node(&upper);
     let log = m.finish();
     assert!(!log.contains("FUSE_PASSTHROUGH enabled"));
-    assert!(log.contains("FUSE_WRITEBACK_CACHE enabled"), "{log}");
     assert!(requests(&log, &u, "WRITE") > 0 && requests(&log, &u, "READ") > 0);
 }
 
@@ -245,14 +244,17 @@ fn the_daemon_closes_descriptors_when_files_close() {
     }
     let m = s.mount(1);
     let pid = daemon_pid(&s.mnt());
+    // The daemon keeps a bounded cache of lower directory descriptors: fill it first.
+    fs::read_to_string(m.path("l0")).unwrap();
     let baseline = open_fds(pid);
     let mut files = Vec::new();
     for i in 0..300 {
         files.push(fs::File::open(m.path(&format!("l{i}"))).unwrap());
         files.push(fs::File::create(m.path(&format!("u{i}"))).unwrap());
     }
+    // (The release of the first read may still be on its way: allow for it.)
     let peak = open_fds(pid);
-    assert!(peak >= baseline + 600, "{peak} fds with 600 files open");
+    assert!(peak + 1 >= baseline + 600, "{peak} fds with 600 files open");
     drop(files);
     // Releases reach the daemon after close(2) returns.
     let settled = wait_for(20, || open_fds(pid) <= baseline);

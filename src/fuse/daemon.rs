@@ -279,7 +279,6 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
     let policy = CachePolicy {
         ttl: o.timeout.unwrap_or(DEFAULT_TIMEOUT),
         passthrough: o.passthrough,
-        writable: !read_only,
     };
     let fs = StrataFs::new(Arc::new(union), policy, Arc::clone(&notifier));
     let plan = MountPlan::new(o, read_only);

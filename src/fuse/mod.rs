@@ -31,8 +31,6 @@ pub struct CachePolicy {
     /// Which files to pass through (asked for only as root: the kernel allows backing
     /// files to privileged servers only).
     pub passthrough: Passthrough,
-    /// Whether the mount can be written (the writeback cache is asked for only then).
-    pub writable: bool,
 }
 
 /// The `fuser::Filesystem` over a [`Union`].
@@ -144,14 +142,16 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 /// How the kernel is to treat an open file served through the page cache: `O_DIRECT` I/O
 /// goes to strata as the caller issued it (offsets, sizes), so the backing file's rules
 /// for it apply; other pages stay cached across opens while they are known to be right.
+/// No open needs a FLUSH at close: strata keeps nothing to write back.
 fn cached_flags(flags: i32, keep_cache: bool) -> FopenFlags {
-    if flags & libc::O_DIRECT != 0 {
+    let how = if flags & libc::O_DIRECT != 0 {
         FopenFlags::FOPEN_DIRECT_IO
     } else if keep_cache {
         FopenFlags::FOPEN_KEEP_CACHE
     } else {
         FopenFlags::empty()
-    }
+    };
+    how | FopenFlags::FOPEN_NOFLUSH
 }
 
 fn creds(req: &Request) -> Creds {
@@ -220,8 +220,10 @@ impl Filesystem for StrataFs {
                 log::info!("the kernel does not offer {cap:?}");
             }
         }
-        // Passthrough needs a privileged server. The writeback cache is the fallback: the
-        // kernel refuses passthrough opens on a connection that has it.
+        // Passthrough needs a privileged server. Without it files go through the page
+        // cache, kept across opens while it is right. (Not the writeback cache: with it
+        // the kernel keeps writes and times to itself for a while, and the differential
+        // test found the upper's mtime left behind.)
         let p = self.policy;
         let root = rustix::process::geteuid().is_root();
         if p.passthrough != Passthrough::Off
@@ -235,12 +237,6 @@ impl Filesystem for StrataFs {
                 log::info!("max_stack_depth 1 refused ({e})");
             }
             self.modes.enable_passthrough(p.passthrough);
-        } else if p.writable
-            && config
-                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
-                .is_err()
-        {
-            log::info!("the kernel does not offer the writeback cache");
         }
         // Many reads and writes of the page cache in flight at once.
         if let Err(e) = config.set_max_background(64) {
@@ -401,7 +397,7 @@ impl Filesystem for StrataFs {
             .open(&self.union, ino.0, fh, |fd| reply.open_backing(fd))
         {
             Mode::Passthrough(id) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
             }
             Mode::Cached { keep_cache } => {
                 reply.opened(FileHandle(fh), cached_flags(flags.0, keep_cache))
@@ -545,7 +541,7 @@ impl Filesystem for StrataFs {
                 };
                 (a, false)
             } else {
-                match self.union.lookup(ino.0, &e.name) {
+                match self.union.lookup_listed(ino.0, e) {
                     Ok(a) => (a, true),
                     // Gone since the listing was taken: leave it out.
                     Err(_) => continue,
@@ -662,7 +658,8 @@ impl Filesystem for StrataFs {
             .open(&self.union, a.ino, fh.0, |fd| reply.open_backing(fd))
         {
             Mode::Passthrough(id) => {
-                reply.created_passthrough(&self.ttl, &attr, gen, fh, FopenFlags::empty(), &id)
+                let flags = FopenFlags::FOPEN_NOFLUSH;
+                reply.created_passthrough(&self.ttl, &attr, gen, fh, flags, &id)
             }
             Mode::Cached { keep_cache } => {
                 let flags = cached_flags(flags, keep_cache);

@@ -52,7 +52,7 @@ pub enum Passthrough {
     /// Lower files too: faster, but a descriptor opened on a lower file before another
     /// process copies it up keeps reading the lower data.
     All,
-    /// Never: everything goes through the page cache (with the writeback cache).
+    /// Never: everything goes through the page cache.
     Off,
 }
 

@@ -166,11 +166,14 @@ fn read_xattr(path: &CStr, attr: &OsStr, follow: bool) -> Result<Option<Vec<u8>>
 }
 
 /// Safe wrapper for `lgetxattr(2)` of the entry `name` (one path component) in the
-/// directory `dir`, without following it if it is a symlink. Returns `None` when the
-/// attribute is absent.
+/// directory `dir` (an `O_PATH` descriptor is fine): the entry itself, never a symlink's
+/// target. `None` when the attribute is absent.
+///
+/// One `getxattrat(2)` where the kernel has it (Linux 6.13), else `lgetxattr` through
+/// `/proc/self/fd`.
 ///
 /// # Errors
-/// The errno of `lgetxattr`, other than `ENODATA`.
+/// `EINVAL` for a name that is not a single component, or the errno of the call.
 pub fn xattr_get_at(
     dir: BorrowedFd<'_>,
     name: &OsStr,
@@ -179,11 +182,82 @@ pub fn xattr_get_at(
     if name.as_bytes().contains(&b'/') || name.is_empty() {
         return Err(RErrno::INVAL);
     }
+    let cname = CString::new(name.as_bytes()).map_err(|_| RErrno::INVAL)?;
+    let cattr = CString::new(attr.as_bytes()).map_err(|_| RErrno::INVAL)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        match getxattrat(dir, &cname, &cattr, &mut buf) {
+            Some(Ok(n)) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Some(Err(RErrno::NODATA)) => return Ok(None),
+            Some(Err(RErrno::RANGE)) => {
+                let n = getxattrat(dir, &cname, &cattr, &mut []).unwrap_or(Err(RErrno::NOSYS))?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
     let mut path = fd_path(dir).into_bytes();
     path.push(b'/');
     path.extend_from_slice(name.as_bytes());
     let path = CString::new(path).map_err(|_| RErrno::INVAL)?;
     read_xattr(&path, attr, false)
+}
+
+/// Whether `getxattrat(2)` may be there (cleared at its first `ENOSYS`).
+static HAS_GETXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// `getxattrat(2)` of `name` in `dir` without following a final symlink; `None` when the
+/// kernel does not have the call (before Linux 6.13).
+fn getxattrat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    attr: &CStr,
+    buf: &mut [u8],
+) -> Option<Result<usize, RErrno>> {
+    use std::sync::atomic::Ordering;
+    // The number is the same on every architecture that has the call (new calls share one
+    // table since Linux 5.1).
+    const SYS_GETXATTRAT: libc::c_long = 464;
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+    if !HAS_GETXATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+        flags: 0,
+    };
+    // SAFETY: `name` and `attr` are NUL-terminated; `args` points at `buf`, which outlives
+    // the call and has room for `args.size` bytes; the size passed is that of `args`.
+    let r = unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            attr.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if r >= 0 {
+        return Some(Ok(usize::try_from(r).unwrap_or(0)));
+    }
+    let e = RErrno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    if e == RErrno::NOSYS {
+        HAS_GETXATTRAT.store(false, Ordering::Relaxed);
+        return None;
+    }
+    Some(Err(e))
 }
 
 /// Safe wrapper for `listxattr(2)` on the inode behind `fd`: the attribute names.

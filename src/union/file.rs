@@ -237,7 +237,7 @@ impl Union {
             }
         }
         for d in dirs {
-            *d.dir.lock() = Some((layer, self.stack.open_dir(layer, &path)?));
+            *d.dir.lock() = Some((layer, self.stack.open_dir(layer, &path)?.into_owned()?));
         }
         Ok(())
     }
@@ -577,7 +577,7 @@ impl Union {
     pub fn opendir(&self, id: u64) -> Result<u64> {
         let dir = match self.node_info(id) {
             Ok((_, _, kind)) if kind.dir_len() == 0 => return Err(Errno::ENOTDIR),
-            Ok((layer, path, _)) => Some((layer, self.stack.open_dir(layer, &path)?)),
+            Ok((layer, path, _)) => Some((layer, self.stack.open_dir(layer, &path)?.into_owned()?)),
             // A removed directory (a process's working directory, say) opens as empty.
             Err(e) if e == Errno::ENOENT && self.is_removed(id) => {
                 self.open_copy_of_removed(id, false)

@@ -6,12 +6,13 @@
 //! `.wh.` names read in lower layers) and the mapping of (layer, inode) to the inode
 //! numbers the mount reports.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use rustix::fs::OFlags;
 
@@ -106,6 +107,71 @@ pub struct Stack {
     tmp_counter: AtomicU64,
     /// The hard-link index (`WORK/index`), once it exists.
     index: OnceLock<OwnedFd>,
+    /// Descriptors of lower directories by path: lower layers never change, so a path
+    /// names the same directory for the life of the mount.
+    lower_dirs: DirCache,
+}
+
+/// A descriptor of a directory: opened for the caller, or shared from the cache.
+#[derive(Debug)]
+pub enum DirFd {
+    Owned(OwnedFd),
+    Shared(Arc<OwnedFd>),
+}
+
+impl AsFd for DirFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DirFd::Owned(fd) => fd.as_fd(),
+            DirFd::Shared(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl DirFd {
+    /// A descriptor of the caller's own (a duplicate of a shared one).
+    pub fn into_owned(self) -> Result<OwnedFd> {
+        match self {
+            DirFd::Owned(fd) => Ok(fd),
+            DirFd::Shared(fd) => Ok(fd.try_clone()?),
+        }
+    }
+}
+
+/// A bounded cache of lower directory descriptors, in two generations: a hit in the old
+/// one moves to the new one; when the new one fills, the old one is dropped. So at most
+/// `2 * DIR_CACHE` descriptors stay open, and the directories in use stay cached.
+#[derive(Debug, Default)]
+struct DirCache {
+    gens: parking_lot::Mutex<[DirMap; 2]>,
+}
+
+type DirMap = HashMap<(LayerIdx, PathBuf), Arc<OwnedFd>>;
+
+const DIR_CACHE: usize = 512;
+
+impl DirCache {
+    fn get(&self, l: LayerIdx, rel: &Path) -> Option<Arc<OwnedFd>> {
+        let mut g = self.gens.lock();
+        let key = (l, rel.to_path_buf());
+        if let Some(fd) = g[0].get(&key) {
+            return Some(Arc::clone(fd));
+        }
+        let fd = g[1].remove(&key)?;
+        Self::put_in(&mut g, key, Arc::clone(&fd));
+        Some(fd)
+    }
+
+    fn put(&self, l: LayerIdx, rel: &Path, fd: Arc<OwnedFd>) {
+        Self::put_in(&mut self.gens.lock(), (l, rel.to_path_buf()), fd);
+    }
+
+    fn put_in(g: &mut [DirMap; 2], key: (LayerIdx, PathBuf), fd: Arc<OwnedFd>) {
+        if g[0].len() >= DIR_CACHE {
+            g[1] = std::mem::take(&mut g[0]);
+        }
+        g[0].insert(key, fd);
+    }
 }
 
 /// Paths for a new stack; lowers top first.
@@ -174,6 +240,7 @@ impl Stack {
             xino: devs.len() > 1,
             tmp_counter: AtomicU64::new(0),
             index: OnceLock::new(),
+            lower_dirs: DirCache::default(),
         })
     }
 
@@ -234,9 +301,22 @@ impl Stack {
         self.layers.len()
     }
 
-    /// An `O_PATH` descriptor of the directory `rel` in layer `l`.
-    pub fn open_dir(&self, l: LayerIdx, rel: &Path) -> Result<OwnedFd> {
-        self.open(l, rel, OFlags::PATH | OFlags::DIRECTORY)
+    /// An `O_PATH` descriptor of the directory `rel` in layer `l` (from the cache for a
+    /// lower layer).
+    pub fn open_dir(&self, l: LayerIdx, rel: &Path) -> Result<DirFd> {
+        if self.is_upper(l) {
+            return Ok(DirFd::Owned(self.open(
+                l,
+                rel,
+                OFlags::PATH | OFlags::DIRECTORY,
+            )?));
+        }
+        if let Some(fd) = self.lower_dirs.get(l, rel) {
+            return Ok(DirFd::Shared(fd));
+        }
+        let fd = Arc::new(self.open(l, rel, OFlags::PATH | OFlags::DIRECTORY)?);
+        self.lower_dirs.put(l, rel, Arc::clone(&fd));
+        Ok(DirFd::Shared(fd))
     }
 
     /// The inode number the mount reports for inode `ino` of layer `l`, or `None` when it
@@ -449,6 +529,17 @@ pub fn is_opaque(fd: BorrowedFd<'_>) -> Result<bool> {
     Ok(sys::exists_at(fd, OsStr::from_bytes(WH_OPAQUE))?)
 }
 
+/// [`is_opaque`] for the directory `name` in `dir` (`child` is that directory): its
+/// xattrs read through the parent, which spares a path walk through `/proc`.
+pub fn is_opaque_at(dir: BorrowedFd<'_>, name: &OsStr, child: BorrowedFd<'_>) -> Result<bool> {
+    for attr in [OPAQUE_XATTR, OPAQUE_XATTR_USER] {
+        if overlay_xattr_at(dir, name, attr)?.is_some_and(|v| v == b"y") {
+            return Ok(true);
+        }
+    }
+    Ok(sys::exists_at(child, OsStr::from_bytes(WH_OPAQUE))?)
+}
+
 /// The result of reading an overlay xattr: its value, or `None` where it is absent or
 /// cannot be there (a filesystem without xattrs, or `trusted.*` refused to a daemon that
 /// is not root).
@@ -513,8 +604,17 @@ impl Redirect {
 
 /// The redirect of the directory `fd` (an `O_PATH` descriptor), if it has a valid one.
 pub fn redirect(fd: BorrowedFd<'_>) -> Result<Option<Redirect>> {
+    parse_redirect(|attr| overlay_xattr(sys::xattr_get(fd, OsStr::new(attr))))
+}
+
+/// [`redirect`] of the directory `name` in `dir`.
+pub fn redirect_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Redirect>> {
+    parse_redirect(|attr| overlay_xattr_at(dir, name, attr))
+}
+
+fn parse_redirect(get: impl Fn(&str) -> Result<Option<Vec<u8>>>) -> Result<Option<Redirect>> {
     for name in [REDIRECT_XATTR, REDIRECT_XATTR_USER] {
-        if let Some(v) = overlay_xattr(sys::xattr_get(fd, OsStr::new(name)))? {
+        if let Some(v) = get(name)? {
             match Redirect::parse(&v) {
                 Some(r) => return Ok(Some(r)),
                 None => log::warn!("ignoring an invalid {name}: {:?}", OsStr::from_bytes(&v)),

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use rustix::fs::OFlags;
 
 use super::inode::{DataLayer, DirLayer, Identity, NodeKind, ROOT_ID};
-use super::layer::{self, LayerIdx, Redirect};
+use super::layer::{self, DirFd, LayerIdx, Redirect};
 use super::{check_name, is_marker, Attr, Union};
 use crate::error::{Errno, Result};
 use crate::sys;
@@ -50,6 +50,8 @@ pub(super) struct Resolved {
 pub struct DirEntry {
     pub name: OsString,
     pub ino: u64,
+    /// The top-most layer holding the name when the listing was taken.
+    pub layer: LayerIdx,
     /// The `S_IFMT` bits of the entry's type.
     pub fmt: u32,
 }
@@ -90,7 +92,7 @@ enum RedirectDir {
     Stop,
     /// The directory, and whether an opaque directory is on the way (then no layer
     /// below this one counts).
-    Found(OwnedFd, bool),
+    Found(DirFd, bool),
 }
 
 /// Where a lookup goes on in the layers below: the name to look for, in the parent's
@@ -165,6 +167,19 @@ impl Union {
         layers: &[(LayerIdx, PathBuf)],
         name: &OsStr,
     ) -> Result<Option<Resolved>> {
+        self.resolve_from(layers, name, None)
+    }
+
+    /// [`Union::resolve`], told by a listing that `name`'s top-most copy was in layer
+    /// `listed`: the lower layers above it are skipped (lower layers never change; the
+    /// upper layer, which may have changed since, is always looked at).
+    fn resolve_from(
+        &self,
+        layers: &[(LayerIdx, PathBuf)],
+        name: &OsStr,
+        listed: Option<LayerIdx>,
+    ) -> Result<Option<Resolved>> {
+        let mut skip_to = listed.filter(|l| !self.stack.is_upper(*l));
         if is_marker(name) {
             return Ok(None);
         }
@@ -185,6 +200,13 @@ impl Union {
         while let Some((l, dir)) = walk.next_layer(layers, self.stack.len()) {
             if last_layer {
                 break;
+            }
+            if let Some(want) = skip_to {
+                if top.is_some() || walk.redirected.is_some() || l == want {
+                    skip_to = None;
+                } else if !self.stack.is_upper(l) {
+                    continue;
+                }
             }
             let dfd = match walk.redirected {
                 None => skip_missing(self.stack.open_dir(l, &dir))?,
@@ -248,10 +270,12 @@ impl Union {
                     path: (!self.stack.is_upper(l)).then(|| Arc::from(path.as_path())),
                 });
                 // An OCI whiteout beside a directory makes it replace what is below.
-                if layer::is_opaque(child.as_fd())? || layer::has_oci_whiteout(dfd, &walk.name)? {
+                if layer::is_opaque_at(dfd, &walk.name, child.as_fd())?
+                    || layer::has_oci_whiteout(dfd, &walk.name)?
+                {
                     break;
                 }
-                walk.follow(layer::redirect(child.as_fd())?, l);
+                walk.follow(layer::redirect_at(dfd, &walk.name)?, l);
                 continue;
             }
             // The data of a metadata-only copy: a regular file, itself possibly one.
@@ -445,12 +469,12 @@ impl Union {
             if !is_dir(&st) {
                 return Ok(RedirectDir::Stop);
             }
-            fd = sys::open_beneath(
+            fd = DirFd::Owned(sys::open_beneath(
                 fd.as_fd(),
                 Path::new(name),
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
                 0,
-            )?;
+            )?);
             opaque |= layer::is_opaque(fd.as_fd())?;
         }
         Ok(RedirectDir::Found(fd, opaque))
@@ -520,6 +544,19 @@ impl Union {
         let _ns = self.ns.read();
         let r = self.resolve_in(parent, name)?.ok_or(Errno::ENOENT)?;
         Ok(self.remember(parent, name, r, true))
+    }
+
+    /// [`Union::lookup`] of an entry of a listing of `parent` (see [`DirEntry::layer`]).
+    ///
+    /// # Errors
+    /// As for [`Union::lookup`].
+    pub fn lookup_listed(&self, parent: u64, e: &DirEntry) -> Result<Attr> {
+        let _ns = self.ns.read();
+        let layers = self.dir_info(parent)?;
+        let r = self
+            .resolve_from(&layers, &e.name, Some(e.layer))?
+            .ok_or(Errno::ENOENT)?;
+        Ok(self.remember(parent, &e.name, r, true))
     }
 
     /// Whether the kernel should look `id` up again at every use of a name of it: a lower
@@ -665,6 +702,7 @@ impl Union {
             out.push(DirEntry {
                 name: v.name,
                 ino,
+                layer: v.layer,
                 fmt: v.fmt,
             });
         }
@@ -750,6 +788,7 @@ fn dots(id: u64, parent: u64) -> Vec<DirEntry> {
     let dir = |name: &str, ino| DirEntry {
         name: name.into(),
         ino,
+        layer: 0,
         fmt: libc::S_IFDIR,
     };
     vec![dir(".", id), dir("..", parent)]

@@ -77,14 +77,20 @@ impl Scratch {
         self.path("mnt")
     }
 
-    /// `lowerdir=…,upperdir=…,workdir=…` for lowers `0..n` (lower0 on top).
+    /// `lowerdir=…,upperdir=…,workdir=…` for lowers `0..n` (lower0 on top), plus the
+    /// options in `STRATA_TEST_OPTS` (to run the suites under other data paths, e.g.
+    /// `passthrough=off`).
     pub fn opts(&self, n: usize) -> String {
-        format!(
+        let mut o = format!(
             "lowerdir={},upperdir={},workdir={}",
             self.lowerdir(n),
             self.upper().display(),
             self.work().display()
-        )
+        );
+        if let Ok(extra) = std::env::var("STRATA_TEST_OPTS") {
+            o = format!("{o},{extra}");
+        }
+        o
     }
 
     pub fn lowerdir(&self, n: usize) -> String {

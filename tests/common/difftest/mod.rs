@@ -205,12 +205,15 @@ impl Run {
         }
         let smnt = dir.path().join("s/box/mnt");
         let kmnt = dir.path().join("k/box/mnt");
-        let opts = format!(
+        let mut opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             s_lay.lowerdir(),
             s_lay.upper.display(),
             dir.path().join("s/w").display()
         );
+        if let Ok(extra) = std::env::var("STRATA_TEST_OPTS") {
+            opts = format!("{opts},{extra}");
+        }
         let out = strata(&["mount", "-o", &opts, smnt.to_str().unwrap()]);
         if !out.status.success() {
             return Err(divergence(
