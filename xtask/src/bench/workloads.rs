@@ -362,22 +362,36 @@ fn untar(ctx: &Ctx, m: &Mount) -> Measured {
 }
 
 /// Two processes stat the same list of files at once, cold then hot; stats per second
-/// over both.
+/// over both. The clock starts once both workers have loaded the list and said so, and
+/// stops when both have exited.
 fn parallel_stat(ctx: &Ctx, m: &Mount) -> Measured {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut out = Vec::new();
     for metric in ["pstat-cold", "pstat-hot"] {
-        let start = Instant::now();
-        let workers: Vec<_> = (0..2)
+        let mut workers: Vec<_> = (0..2)
             .map(|_| {
                 Command::new(&exe)
                     .args(["bench", "stat-worker"])
                     .arg(&m.mnt)
                     .arg(&ctx.stat_list)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
                     .spawn()
                     .map_err(|e| format!("{}: {e}", exe.display()))
             })
             .collect::<Result<_>>()?;
+        let mut ready = [0u8; 1];
+        for c in &mut workers {
+            if let Some(o) = c.stdout.as_mut() {
+                o.read_exact(&mut ready)
+                    .map_err(|e| format!("stat worker not ready: {e}"))?;
+            }
+        }
+        let start = Instant::now();
+        for c in &mut workers {
+            // Closing its stdin is the worker's signal to start.
+            drop(c.stdin.take());
+        }
         for mut c in workers {
             let st = c.wait().map_err(|e| format!("stat worker: {e}"))?;
             if !st.success() {
@@ -390,12 +404,22 @@ fn parallel_stat(ctx: &Ctx, m: &Mount) -> Measured {
     Ok(out)
 }
 
-/// The parallel-stat worker: `lstat` of every listed path below `mnt`.
+/// The parallel-stat worker: loads the list, says it is ready (one byte on stdout), waits
+/// for stdin to close, then `lstat`s every listed path below `mnt`.
 pub fn stat_worker(mnt: &Path, list: &Path) -> Result {
     let text = fs::read_to_string(list).map_err(|e| format!("{}: {e}", list.display()))?;
-    for rel in text.lines() {
-        let p = mnt.join(rel);
-        fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let paths: Vec<PathBuf> = text.lines().map(|rel| mnt.join(rel)).collect();
+    let mut stdout = std::io::stdout();
+    stdout
+        .write_all(b"r")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("stdout: {e}"))?;
+    let mut rest = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut rest)
+        .map_err(|e| format!("stdin: {e}"))?;
+    for p in &paths {
+        fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(())
 }
