@@ -169,6 +169,7 @@ pub fn run(args: &[String]) -> Result {
         Scale::full()
     };
     let data = data::prepare(&scale, &opts.systems)?;
+    let prepared = started.elapsed().as_secs_f64();
     let scratch = Path::new(data::CACHE_ROOT).join("run");
     fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let stat_list = scratch.join("stat-list.txt");
@@ -192,7 +193,8 @@ pub fn run(args: &[String]) -> Result {
 
     let samples = run_workloads(&opts, &ctx, &bins, &scratch)?;
     let wall = started.elapsed();
-    let header = header(&opts, &scale, &data, &load_before, wall.as_secs_f64());
+    let times = (wall.as_secs_f64(), prepared);
+    let header = header(&opts, &scale, &data, &load_before, times);
     println!("\n{header}\n{}", report::table(&samples));
     let complete = opts.only.is_none() && opts.systems.len() == systems::ALL.len();
     let stamp = utc_stamp()?;
@@ -304,14 +306,16 @@ fn utc_stamp() -> Result<String> {
     Ok(s)
 }
 
-/// The facts a reader needs to judge the figures.
+/// The facts a reader needs to judge the figures. `times`: the run's wall time, and the
+/// part of it spent making the data set.
 fn header(
     opts: &Opts,
     scale: &Scale,
     data: &data::DataSet,
     load_before: &str,
-    wall: f64,
+    times: (f64, f64),
 ) -> String {
+    let (wall, prepared) = times;
     let mut commit = first_line(git().args(["rev-parse", "--short", "HEAD"]));
     let dirty = git()
         .args(["status", "--porcelain", "--untracked-files=no"])
@@ -330,7 +334,8 @@ fn header(
          - systems: {systems}; repetitions: {reps} (medians shown; order rotated each repetition)\n\
          - data set: {entries} merged entries in 3 lowers ({files} files under tree/, {tree_mb:.0} MB), \
            a {wide}-entry directory, a {big} MiB file, a {tar}-file tarball, a {million}-entry layer\n\
-         - wall time: {wall:.0} s\n",
+         - wall time: {wall:.0} s, of which {prepared:.0} s preparing the data set \
+           (generating what was missing)\n",
         mode = scale.name,
         date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
         kernel = first_line(Command::new("uname").arg("-r")),
