@@ -163,6 +163,8 @@ pub fn run(args: &[String]) -> Result {
 
     let started = Instant::now();
     let load_before = loadavg();
+    // Read now: the tree may change while the run goes on.
+    let commit = commit();
     let scale = if opts.quick {
         Scale::quick()
     } else {
@@ -172,6 +174,7 @@ pub fn run(args: &[String]) -> Result {
     let prepared = started.elapsed().as_secs_f64();
     let scratch = Path::new(data::CACHE_ROOT).join("run");
     fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    systems::clear_leftovers(&scratch)?;
     let stat_list = scratch.join("stat-list.txt");
     let files = data.files();
     let stat_files = files.len().min(scale.stat_files);
@@ -194,7 +197,7 @@ pub fn run(args: &[String]) -> Result {
     let samples = run_workloads(&opts, &ctx, &bins, &scratch)?;
     let wall = started.elapsed();
     let times = (wall.as_secs_f64(), prepared);
-    let header = header(&opts, &scale, &data, &load_before, times);
+    let header = header(&opts, &scale, &data, (&commit, &load_before), times);
     println!("\n{header}\n{}", report::table(&samples));
     let complete = opts.only.is_none() && opts.systems.len() == systems::ALL.len();
     let stamp = utc_stamp()?;
@@ -306,16 +309,8 @@ fn utc_stamp() -> Result<String> {
     Ok(s)
 }
 
-/// The facts a reader needs to judge the figures. `times`: the run's wall time, and the
-/// part of it spent making the data set.
-fn header(
-    opts: &Opts,
-    scale: &Scale,
-    data: &data::DataSet,
-    load_before: &str,
-    times: (f64, f64),
-) -> String {
-    let (wall, prepared) = times;
+/// The commit the run measures, marked when the tracked files differ from it.
+fn commit() -> String {
     let mut commit = first_line(git().args(["rev-parse", "--short", "HEAD"]));
     let dirty = git()
         .args(["status", "--porcelain", "--untracked-files=no"])
@@ -324,6 +319,21 @@ fn header(
     if dirty {
         commit.push_str(" (with uncommitted changes)");
     }
+    commit
+}
+
+/// The facts a reader needs to judge the figures. `at_start`: the commit and the load
+/// average when the run began; `times`: the run's wall time, and the part of it spent
+/// making the data set.
+fn header(
+    opts: &Opts,
+    scale: &Scale,
+    data: &data::DataSet,
+    at_start: (&str, &str),
+    times: (f64, f64),
+) -> String {
+    let (commit, load_before) = at_start;
+    let (wall, prepared) = times;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let files = data.files().len();
     format!(

@@ -248,6 +248,21 @@ impl Drop for Mount {
     }
 }
 
+/// Unmounts what an interrupted run left mounted below `scratch` (a run killed by a signal
+/// does not get to drop its guard), so the next run starts clean.
+pub fn clear_leftovers(scratch: &Path) -> Result {
+    for sys in ALL {
+        let mnt = scratch.join(sys).join("mnt");
+        if is_mounted(&mnt) {
+            eprintln!("bench: unmounting {} left by an earlier run", mnt.display());
+            if run(Command::new("umount").arg(&mnt)).is_err() {
+                run(Command::new("umount").arg("-l").arg(&mnt))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes dirty data back and drops the page, dentry and inode caches: the next access
 /// is cold.
 pub fn drop_caches() -> Result {
