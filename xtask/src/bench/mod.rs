@@ -61,7 +61,7 @@ impl Scale {
             stat_files: 20_000,
             create_files: 10_000,
             write_mib: 1024,
-            fio_secs: 5,
+            fio_secs: 3,
         }
     }
 
