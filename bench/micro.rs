@@ -3,10 +3,11 @@
 //! Measures, in nanoseconds per operation, what the daemon does per request: a lookup of
 //! a lower file (a node the table does not hold yet, and one it holds), the merged listing
 //! of a directory spread over three lowers, the copy-up of a 1 MiB lower file when it is
-//! opened for writing, and the inode table's insert, lookup and forget. Plain
-//! `std::time` timing, no harness crate (dev-dependencies build on every test run). The
-//! layers live in a temporary directory that is removed at the end; run it as root, as
-//! the daemon runs. No figure is asserted: the numbers are for comparing two versions.
+//! opened for writing, and the inode table's insert, lookup and forget (and the memory a
+//! node takes). Plain `std::time` timing, no harness crate (dev-dependencies build on
+//! every test run). The layers live in a temporary directory that is removed at the end;
+//! run it as root, as the daemon runs. No figure is asserted: the numbers are for
+//! comparing two versions.
 
 use std::error::Error;
 use std::ffi::{OsStr, OsString};
@@ -143,13 +144,25 @@ fn bench_copy_up(u: &Union) -> Res {
     Ok(())
 }
 
-/// The inode table alone: insert, find by name, forget.
+/// This process's resident memory in KiB (`VmRSS`), to size the inode table.
+fn rss_kib() -> Res<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS in /proc/self/status".into())
+}
+
+/// The inode table alone: insert, find by name, forget; and the memory a node takes
+/// (the daemon holds one per inode the kernel caches).
 fn bench_inode_table() -> Res {
     let mut t = Inodes::new(vec![DirLayer::upper(0)]);
     let names: Vec<OsString> = (0..TABLE_NODES)
         .map(|i| OsString::from(format!("n{i:06}")))
         .collect();
     let base = 1 << 20;
+    let before = rss_kib()?;
     let start = Instant::now();
     let ids: Vec<u64> = names
         .iter()
@@ -163,6 +176,12 @@ fn bench_inode_table() -> Res {
         "inode table: insert",
         ids.len(),
         start.elapsed().as_secs_f64(),
+    );
+    let grown = rss_kib()?.saturating_sub(before);
+    println!(
+        "{:<44} {:>12.0} bytes/node (resident memory growth)",
+        "inode table: memory",
+        grown as f64 * 1024.0 / ids.len() as f64
     );
     let start = Instant::now();
     let found = names
