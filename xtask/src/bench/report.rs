@@ -169,13 +169,13 @@ pub const METRICS: &[Metric] = &[
     ),
     m(
         "walk-1m",
-        "stat walk of the 1M-entry layer, cold",
+        "stat walk of the 1M-entry layer (quick: 50k), cold",
         Unit::Secs,
         Target::None,
     ),
     m(
         "rss-1m",
-        "daemon peak RSS after the 1M walk",
+        "daemon peak RSS after that walk (target: 1M)",
         Unit::MiB,
         Target::AtMost(150.0),
     ),
