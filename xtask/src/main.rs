@@ -1,4 +1,4 @@
-//! Project glue: `cargo xtask layers | demo | test | difftest`.
+//! Project glue: `cargo xtask layers | demo | test | difftest | bench`.
 //!
 //! - `layers`: builds the sample layers of `layers/` (plain files plus `NAME.spec`) into
 //!   `layers/build/NAME`, with real whiteouts, opaque directories and xattrs.
@@ -9,7 +9,11 @@
 //!   no mount was left behind.
 //! - `difftest --seconds N [--seed S]`: the kernel-differential test's random run for N
 //!   seconds (from seed S), longer than CI's.
+//! - `bench [--quick] [--reps N] [--only W1,W2] [--systems S1,S2]`: strata side by side
+//!   with kernel overlayfs and fuse-overlayfs on a generated data set; results go to
+//!   `bench/results/` (see `bench/README.md`).
 
+mod bench;
 mod layers;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +28,11 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("difftest") => difftest(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => Err(
             "usage: cargo xtask <layers | demo | test [-- ARGS FOR THE TEST RUNNER] \
-             | difftest --seconds N [--seed S]>"
+             | difftest --seconds N [--seed S] \
+             | bench [--quick] [--reps N] [--only W1,W2] [--systems S1,S2]>"
                 .to_string(),
         ),
     };

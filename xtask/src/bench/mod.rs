@@ -1,0 +1,370 @@
+//! `cargo xtask bench`: strata side by side with kernel overlayfs and fuse-overlayfs.
+//!
+//! Builds strata in release mode, makes sure the data set exists (see [`data`]), checks
+//! each system's merged view against the generator's model, then runs every workload on
+//! every system in turn — the order rotated each repetition (A B C, B C A, C A B) so no
+//! system always runs right after another's writes — on a fresh mount each time. Prints
+//! the medians and ratios and writes them, with every raw sample, under `bench/results/`.
+//! Nothing here asserts a timing: the targets are reported, not enforced.
+
+mod data;
+mod report;
+mod systems;
+mod workloads;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::{can_mount, cargo, ensure_packages, root, Result};
+use systems::{Binaries, Mount};
+use workloads::{Ctx, Stack};
+
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--reps N] [--only W1,W2] \
+                     [--systems strata,kernel,fuse-overlayfs]";
+
+/// How big the data set and the workloads are.
+#[derive(Clone, Debug)]
+pub struct Scale {
+    pub name: &'static str,
+    /// Packages (top directories of the tree) per lower, bottom first.
+    pub pkgs: [usize; 3],
+    pub subdirs: usize,
+    /// Files per package subdirectory, per lower, bottom first.
+    pub files: [usize; 3],
+    /// Entries of the wide directory.
+    pub wide: usize,
+    pub big_mib: u64,
+    pub rm_files: usize,
+    pub tar_files: usize,
+    /// Directories of 1000 empty files in the memory-measurement layer.
+    pub million_dirs: usize,
+    pub stat_files: usize,
+    pub create_files: usize,
+    pub write_mib: u64,
+    pub fio_secs: u64,
+}
+
+impl Scale {
+    fn full() -> Scale {
+        Scale {
+            name: "full",
+            pkgs: [200, 100, 50],
+            subdirs: 4,
+            files: [20, 12, 10],
+            wide: 50_000,
+            big_mib: 1024,
+            rm_files: 3000,
+            tar_files: 3000,
+            million_dirs: 1000,
+            stat_files: 20_000,
+            create_files: 10_000,
+            write_mib: 1024,
+            fio_secs: 3,
+        }
+    }
+
+    fn quick() -> Scale {
+        Scale {
+            name: "quick",
+            pkgs: [40, 20, 10],
+            subdirs: 4,
+            files: [10, 8, 6],
+            wide: 5000,
+            big_mib: 128,
+            rm_files: 500,
+            tar_files: 500,
+            million_dirs: 50,
+            stat_files: 2000,
+            create_files: 2000,
+            write_mib: 128,
+            fio_secs: 2,
+        }
+    }
+}
+
+/// The command line.
+struct Opts {
+    quick: bool,
+    reps: usize,
+    only: Option<Vec<String>>,
+    systems: Vec<&'static str>,
+}
+
+/// Parses the arguments after `bench`.
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        quick: false,
+        reps: 3,
+        only: None,
+        systems: systems::ALL.to_vec(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or(format!("{a} needs a value; {USAGE}"));
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--reps" => {
+                let v = value()?;
+                o.reps = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or(format!("--reps {v:?} is not a positive number; {USAGE}"))?;
+            }
+            "--only" => {
+                let names: Vec<String> = value()?.split(',').map(str::to_string).collect();
+                for n in &names {
+                    if !workloads::ALL.iter().any(|w| w.name == n) {
+                        let known: Vec<&str> = workloads::ALL.iter().map(|w| w.name).collect();
+                        return Err(format!("unknown workload {n:?}; known: {known:?}"));
+                    }
+                }
+                o.only = Some(names);
+            }
+            "--systems" => {
+                let mut chosen = Vec::new();
+                for n in value()?.split(',') {
+                    let s = systems::ALL
+                        .iter()
+                        .find(|s| **s == n)
+                        .ok_or(format!("unknown system {n:?}; known: {:?}", systems::ALL))?;
+                    chosen.push(*s);
+                }
+                o.systems = chosen;
+            }
+            _ => return Err(format!("unknown argument {a:?}; {USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+/// `cargo xtask bench …` (and its internal `stat-worker` child).
+pub fn run(args: &[String]) -> Result {
+    if let [w, mnt, list] = args {
+        if w == "stat-worker" {
+            return workloads::stat_worker(Path::new(mnt), Path::new(list));
+        }
+    }
+    let opts = parse(args)?;
+    can_mount("bench")?;
+    let mut wanted = vec![("/usr/bin/fio", "fio")];
+    if opts.systems.contains(&"fuse-overlayfs") {
+        wanted.push(("/usr/bin/fuse-overlayfs", "fuse-overlayfs"));
+    }
+    ensure_packages(&wanted)?;
+    println!("bench: building strata (release)");
+    crate::run(cargo().args(["build", "--quiet", "--release", "--package", "strata"]))?;
+    let bins = Binaries {
+        strata: root().join("target/release/strata"),
+        fuse_overlayfs: PathBuf::from("/usr/bin/fuse-overlayfs"),
+    };
+
+    let started = Instant::now();
+    let load_before = loadavg();
+    // Read now: the tree may change while the run goes on.
+    let commit = commit();
+    let scale = if opts.quick {
+        Scale::quick()
+    } else {
+        Scale::full()
+    };
+    let data = data::prepare(&scale, &opts.systems)?;
+    let prepared = started.elapsed().as_secs_f64();
+    let scratch = Path::new(data::CACHE_ROOT).join("run");
+    fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    systems::clear_leftovers(&scratch)?;
+    let stat_list = scratch.join("stat-list.txt");
+    let files = data.files();
+    let stat_files = files.len().min(scale.stat_files);
+    fs::write(&stat_list, files[..stat_files].join("\n") + "\n")
+        .map_err(|e| format!("{}: {e}", stat_list.display()))?;
+    let ctx = Ctx {
+        data: &data,
+        scale: &scale,
+        stat_list,
+        stat_files,
+    };
+
+    for sys in &opts.systems {
+        println!("bench: checking {sys}'s merged view");
+        let m = Mount::new(sys, &bins, &data.lowers[sys], &scratch.join(sys))?;
+        data::check_view(&m.mnt, &data.model).map_err(|e| format!("{sys}: {e}"))?;
+        m.unmount()?;
+    }
+
+    let samples = run_workloads(&opts, &ctx, &bins, &scratch)?;
+    let wall = started.elapsed();
+    let times = (wall.as_secs_f64(), prepared);
+    let header = header(&opts, &scale, &data, (&commit, &load_before), times);
+    println!("\n{header}\n{}", report::table(&samples));
+    let complete = opts.only.is_none() && opts.systems.len() == systems::ALL.len();
+    let stamp = utc_stamp()?;
+    let name = format!("{stamp}-{}", scale.name);
+    let latest = format!("latest-{}", scale.name);
+    let path = report::write(
+        &root().join("bench/results"),
+        &name,
+        &header,
+        &samples,
+        complete.then_some(latest.as_str()),
+    )?;
+    println!(
+        "bench: wrote {} (wall time {:.0} s)",
+        path.display(),
+        wall.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Every selected workload × repetition × system, in rotated order.
+fn run_workloads(
+    opts: &Opts,
+    ctx: &Ctx,
+    bins: &Binaries,
+    scratch: &Path,
+) -> Result<Vec<report::Sample>> {
+    let chosen: Vec<&workloads::Workload> = workloads::ALL
+        .iter()
+        .filter(|w| {
+            opts.only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|n| n == w.name))
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for w in chosen {
+        let reps = if w.once { 1 } else { opts.reps };
+        for rep in 0..reps {
+            let n = opts.systems.len();
+            for slot in 0..n {
+                let sys = opts.systems[(slot + rep) % n];
+                if w.daemon_only && sys == "kernel" {
+                    continue;
+                }
+                let lowers = match w.stack {
+                    Stack::Main => ctx.data.lowers[sys].clone(),
+                    Stack::Million => vec![ctx.data.million.clone()],
+                };
+                let m = Mount::new(sys, bins, &lowers, &scratch.join(sys))?;
+                systems::drop_caches()?;
+                let got = (w.run)(ctx, &m).map_err(|e| format!("{} on {sys}: {e}", w.name))?;
+                m.unmount()?;
+                let shown: Vec<String> = got.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+                println!(
+                    "bench: {} rep {}/{reps} {sys}: {}",
+                    w.name,
+                    rep + 1,
+                    shown.join(", ")
+                );
+                samples.extend(got.into_iter().map(|(metric, value)| report::Sample {
+                    metric,
+                    system: sys,
+                    rep,
+                    slot,
+                    value,
+                }));
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The first line a command prints (on stdout, else stderr), or "?".
+fn first_line(cmd: &mut Command) -> String {
+    line_with(cmd, "")
+}
+
+/// The first line a command prints that contains `pat`, or "?".
+fn line_with(cmd: &mut Command, pat: &str) -> String {
+    cmd.output()
+        .ok()
+        .and_then(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .find(|l| l.contains(pat))
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `2026-11-27T2200` in UTC, for file names.
+fn utc_stamp() -> Result<String> {
+    let s = first_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H%M"]));
+    if s == "?" {
+        return Err("cannot read the date".into());
+    }
+    Ok(s)
+}
+
+/// The commit the run measures, marked when the tracked files differ from it.
+fn commit() -> String {
+    let mut commit = first_line(git().args(["rev-parse", "--short", "HEAD"]));
+    let dirty = git()
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    if dirty {
+        commit.push_str(" (with uncommitted changes)");
+    }
+    commit
+}
+
+/// The facts a reader needs to judge the figures. `at_start`: the commit and the load
+/// average when the run began; `times`: the run's wall time, and the part of it spent
+/// making the data set.
+fn header(
+    opts: &Opts,
+    scale: &Scale,
+    data: &data::DataSet,
+    at_start: (&str, &str),
+    times: (f64, f64),
+) -> String {
+    let (commit, load_before) = at_start;
+    let (wall, prepared) = times;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let files = data.files().len();
+    format!(
+        "# strata benchmark ({mode})\n\n\
+         - date: {date}; commit: {commit}\n\
+         - machine: Linux {kernel}, {cores} cores; load average before {load_before}, after {load_after}\n\
+         - fuse-overlayfs: {fo}; fio: {fio}\n\
+         - systems: {systems}; repetitions: {reps} (medians shown; order rotated each repetition)\n\
+         - data set: {entries} merged entries in 3 lowers ({files} files under tree/, {tree_mb:.0} MB), \
+           a {wide}-entry directory, a {big} MiB file, a {tar}-file tarball, a {million}-entry layer\n\
+         - wall time: {wall:.0} s, of which {prepared:.0} s preparing the data set \
+           (generating what was missing)\n",
+        mode = scale.name,
+        date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        kernel = first_line(Command::new("uname").arg("-r")),
+        load_after = loadavg(),
+        fo = line_with(Command::new("fuse-overlayfs").arg("--version"), "fuse-overlayfs"),
+        fio = first_line(Command::new("fio").arg("--version")),
+        systems = opts.systems.join(", "),
+        reps = opts.reps,
+        entries = data.model.len(),
+        tree_mb = data.tree_bytes() as f64 / 1e6,
+        wide = data.wide_entries(),
+        big = scale.big_mib,
+        tar = scale.tar_files,
+        million = data.million_entries,
+    )
+}
+
+fn git() -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(root());
+    c
+}

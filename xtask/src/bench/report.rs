@@ -1,0 +1,399 @@
+//! The results: which measurements exist, their units and targets, the per-system
+//! medians and ratios, and the files written under `bench/results/`.
+//!
+//! A ratio is always strata ÷ the other system in the measurement's own unit. For a
+//! time (or memory) lower is better, so a target reads "≤ X"; for a rate (MB/s, IOPS,
+//! stats/s) higher is better, so it reads "≥ X".
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::Result;
+
+/// The unit of a measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Secs,
+    MBps,
+    Iops,
+    StatsPerSec,
+    MiB,
+    Fds,
+}
+
+impl Unit {
+    fn label(self) -> &'static str {
+        match self {
+            Unit::Secs => "s",
+            Unit::MBps => "MB/s",
+            Unit::Iops => "IOPS",
+            Unit::StatsPerSec => "stats/s",
+            Unit::MiB => "MiB",
+            Unit::Fds => "fds",
+        }
+    }
+
+    fn higher_is_better(self) -> bool {
+        matches!(self, Unit::MBps | Unit::Iops | Unit::StatsPerSec)
+    }
+
+    fn show(self, v: f64) -> String {
+        match self {
+            Unit::Secs => format!("{v:.3}"),
+            Unit::MiB => format!("{v:.1}"),
+            _ => format!("{v:.0}"),
+        }
+    }
+}
+
+/// What strata must reach for a measurement.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// strata ÷ kernel, in the measurement's unit: at most (times) or at least (rates).
+    VsKernel(f64),
+    /// strata's own value at most this (memory, descriptors left open).
+    AtMost(f64),
+    None,
+}
+
+/// One measurement a workload reports.
+pub struct Metric {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub unit: Unit,
+    pub target: Target,
+}
+
+const fn m(name: &'static str, what: &'static str, unit: Unit, target: Target) -> Metric {
+    Metric {
+        name,
+        what,
+        unit,
+        target,
+    }
+}
+
+/// Every measurement, in table order.
+pub const METRICS: &[Metric] = &[
+    m(
+        "stat-cold",
+        "stat every entry, cold",
+        Unit::Secs,
+        Target::VsKernel(1.5),
+    ),
+    m(
+        "stat-warm",
+        "stat every entry, warm",
+        Unit::Secs,
+        Target::VsKernel(1.1),
+    ),
+    m(
+        "list-cold",
+        "list the 50k directory, cold",
+        Unit::Secs,
+        Target::VsKernel(2.0),
+    ),
+    m(
+        "list-warm",
+        "list the 50k directory, warm",
+        Unit::Secs,
+        Target::VsKernel(2.0),
+    ),
+    m(
+        "readall",
+        "read every file (tar c)",
+        Unit::MBps,
+        Target::VsKernel(0.95),
+    ),
+    m(
+        "seqread-cold",
+        "sequential read 1 file, cold",
+        Unit::MBps,
+        Target::VsKernel(0.95),
+    ),
+    m(
+        "seqread-warm",
+        "sequential read 1 file, warm",
+        Unit::MBps,
+        Target::VsKernel(0.95),
+    ),
+    m(
+        "seqwrite",
+        "sequential write + fsync",
+        Unit::MBps,
+        Target::VsKernel(0.95),
+    ),
+    m(
+        "copyup",
+        "copy-up of the big file (append 1 byte)",
+        Unit::Secs,
+        Target::VsKernel(1.1),
+    ),
+    m(
+        "randread",
+        "random 4k reads (fio)",
+        Unit::Iops,
+        Target::VsKernel(0.95),
+    ),
+    m(
+        "create",
+        "create small files",
+        Unit::Secs,
+        Target::VsKernel(2.0),
+    ),
+    m(
+        "rmrf",
+        "rm -rf of a lower tree",
+        Unit::Secs,
+        Target::VsKernel(3.0),
+    ),
+    m(
+        "untar",
+        "untar small files",
+        Unit::Secs,
+        Target::VsKernel(2.0),
+    ),
+    m(
+        "pstat-cold",
+        "parallel stats, 2 processes, cold",
+        Unit::StatsPerSec,
+        Target::VsKernel(0.6),
+    ),
+    m(
+        "pstat-hot",
+        "parallel stats, 2 processes, hot",
+        Unit::StatsPerSec,
+        Target::VsKernel(0.6),
+    ),
+    m(
+        "walk-1m",
+        "stat walk of the 1M-entry layer (quick: 50k), cold",
+        Unit::Secs,
+        Target::None,
+    ),
+    m(
+        "rss-1m",
+        "daemon peak RSS after that walk (target: 1M)",
+        Unit::MiB,
+        Target::AtMost(150.0),
+    ),
+    m(
+        "fds-base",
+        "daemon open fds after mounting",
+        Unit::Fds,
+        Target::None,
+    ),
+    m(
+        "fds-open",
+        "daemon open fds, 1000 files held open",
+        Unit::Fds,
+        Target::None,
+    ),
+    m(
+        "fds-left",
+        "daemon fds above baseline after closing",
+        Unit::Fds,
+        Target::AtMost(4.0),
+    ),
+];
+
+/// One raw measurement.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub metric: &'static str,
+    pub system: &'static str,
+    pub rep: usize,
+    /// Position of the system in this repetition's order (0 = first).
+    pub slot: usize,
+    pub value: f64,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(match n % 2 {
+        1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    })
+}
+
+/// Medians per (metric, system).
+fn medians(samples: &[Sample]) -> BTreeMap<(&'static str, &'static str), f64> {
+    let mut all: BTreeMap<(&'static str, &'static str), Vec<f64>> = BTreeMap::new();
+    for s in samples {
+        all.entry((s.metric, s.system)).or_default().push(s.value);
+    }
+    all.into_iter()
+        .filter_map(|(k, v)| median(v).map(|m| (k, m)))
+        .collect()
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// The Markdown table of medians, ratios and targets.
+pub fn table(samples: &[Sample]) -> String {
+    let med = medians(samples);
+    let get = |metric: &str, sys: &str| med.get(&(metric, sys)).copied();
+    let mut t = String::from(
+        "| workload | unit | strata | kernel | fuse-overlayfs | strata÷kernel | target | vs kernel | strata÷f-o | faster than f-o |\n\
+         |---|---|---:|---:|---:|---:|---|---|---:|---|\n",
+    );
+    for mt in METRICS {
+        let (s, k, f) = (
+            get(mt.name, "strata"),
+            get(mt.name, "kernel"),
+            get(mt.name, "fuse-overlayfs"),
+        );
+        if s.is_none() && k.is_none() && f.is_none() {
+            continue;
+        }
+        let show = |v: Option<f64>| v.map_or("–".to_string(), |v| mt.unit.show(v));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let (rk, rf) = (ratio(s, k), ratio(s, f));
+        let hib = mt.unit.higher_is_better();
+        let (target, verdict) = match mt.target {
+            Target::VsKernel(x) => {
+                let sign = if hib { "≥" } else { "≤" };
+                let v = rk.map_or("–", |r| met(if hib { r >= x } else { r <= x }));
+                (format!("{sign} {x}×"), v)
+            }
+            Target::AtMost(x) => (
+                format!("≤ {} {}", mt.unit.show(x), mt.unit.label()),
+                s.map_or("–", |v| met(v <= x)),
+            ),
+            Target::None => (String::new(), ""),
+        };
+        let beats = match (mt.unit, s, f) {
+            (Unit::Fds, ..) => "",
+            (_, Some(s), Some(f)) => match if hib { s > f } else { s < f } {
+                true => "yes",
+                false => "**no**",
+            },
+            _ => "–",
+        };
+        let r = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {target} | {verdict} | {} | {beats} |",
+            mt.what,
+            mt.unit.label(),
+            show(s),
+            show(k),
+            show(f),
+            r(rk),
+            r(rf),
+        );
+    }
+    t
+}
+
+/// The raw samples as CSV.
+pub fn csv(samples: &[Sample]) -> String {
+    let mut out = String::from("metric,unit,system,rep,slot,value\n");
+    for s in samples {
+        let unit = METRICS
+            .iter()
+            .find(|m| m.name == s.metric)
+            .map_or("", |m| m.unit.label());
+        let _ = writeln!(
+            out,
+            "{},{unit},{},{},{},{}",
+            s.metric, s.system, s.rep, s.slot, s.value
+        );
+    }
+    out
+}
+
+/// Writes `NAME.md` (header, table) and `NAME.csv` (raw samples) into `dir`, and the
+/// Markdown again as `latest` when given; returns the Markdown path.
+pub fn write(
+    dir: &Path,
+    name: &str,
+    header: &str,
+    samples: &[Sample],
+    latest: Option<&str>,
+) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let md = format!(
+        "{header}\n{}\nRaw samples: `{name}.csv` (one line per run; `slot` is the system's \
+         position in that repetition's order).\n",
+        table(samples)
+    );
+    let md_path = dir.join(format!("{name}.md"));
+    let csv_path = dir.join(format!("{name}.csv"));
+    fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
+    fs::write(&csv_path, csv(samples)).map_err(|e| format!("{}: {e}", csv_path.display()))?;
+    if let Some(l) = latest {
+        for (ext, body) in [("md", md.clone()), ("csv", csv(samples))] {
+            let p = dir.join(format!("{l}.{ext}"));
+            let body = body.replace(&format!("`{name}.csv`"), &format!("`{l}.csv`"));
+            fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+    }
+    Ok(md_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(metric: &'static str, system: &'static str, value: f64) -> Sample {
+        Sample {
+            metric,
+            system,
+            rep: 0,
+            slot: 0,
+            value,
+        }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn ratios_read_in_the_unit_direction() {
+        let t = table(&[
+            s("stat-cold", "strata", 3.0),
+            s("stat-cold", "kernel", 1.0),
+            s("stat-cold", "fuse-overlayfs", 4.0),
+            s("seqread-cold", "strata", 900.0),
+            s("seqread-cold", "kernel", 1000.0),
+            s("seqread-cold", "fuse-overlayfs", 500.0),
+        ]);
+        let stat = t
+            .lines()
+            .find(|l| l.contains("stat every entry, cold"))
+            .unwrap();
+        assert!(
+            stat.contains("| 3.00 | ≤ 1.5× | **missed** | 0.75 | yes |"),
+            "{stat}"
+        );
+        let read = t
+            .lines()
+            .find(|l| l.contains("sequential read 1 file, cold"))
+            .unwrap();
+        assert!(
+            read.contains("| 0.90 | ≥ 0.95× | **missed** | 1.80 | yes |"),
+            "{read}"
+        );
+        assert!(!t.contains("warm"), "rows without samples are left out");
+    }
+}
