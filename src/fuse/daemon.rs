@@ -203,11 +203,14 @@ impl MountPlan {
         } else {
             SessionACL::Owner
         };
+        // One request loop per core, each on its own cloned descriptor: more loops than
+        // cores only add wake-ups (measured: a warm stat walk takes twice as long with 4
+        // loops on 2 cores as with 2).
         c.n_threads = Some(
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
-                .max(4),
+                .max(2),
         );
         c.clone_fd = true;
         c

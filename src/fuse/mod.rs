@@ -23,6 +23,9 @@ use crate::error::Errno;
 use crate::sys::SetTime;
 use crate::union::{Attr, Creds, ReadBuf, SetAttr, Union};
 
+/// The inode table's bound (see [`StrataFs::start_evictor`]): about 40 MiB of nodes.
+const MAX_NODES: usize = 100_000;
+
 /// How the kernel is to cache and move data, decided from the mount options.
 #[derive(Clone, Copy, Debug)]
 pub struct CachePolicy {
@@ -57,6 +60,38 @@ impl StrataFs {
             policy,
             notifier,
             modes: OpenModes::new(),
+        }
+    }
+
+    /// Starts the thread that keeps the inode table bounded: the kernel caches every inode
+    /// it meets until memory runs short, and a node is dropped only when the kernel
+    /// forgets it, so past [`MAX_NODES`] strata asks the kernel to drop the entries unused
+    /// longest (FUSE_NOTIFY_INVAL_ENTRY; entries in use stay). The thread ends with the
+    /// session.
+    fn start_evictor(&self) {
+        let union = Arc::downgrade(&self.union);
+        let notifier = Arc::clone(&self.notifier);
+        let spawned = std::thread::Builder::new()
+            .name("strata-evict".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(20));
+                let Some(union) = union.upgrade() else {
+                    return;
+                };
+                let Some(n) = notifier.get() else {
+                    continue;
+                };
+                for (parent, name) in union.least_used(MAX_NODES, MAX_NODES * 3 / 4) {
+                    if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
+                        if e.raw_os_error() == Some(libc::ENODEV) {
+                            return;
+                        }
+                        log::debug!("invalidating {name:?} in {parent}: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("no inode table bound (cannot start its thread): {e}");
         }
     }
 
@@ -206,13 +241,15 @@ impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // The kernel checks POSIX ACLs itself (read through getxattr) and leaves the umask
         // to strata, which applies it unless a default ACL decides the mode. Directory
-        // listings carry attributes when the caller goes on to stat the entries; lookups
-        // in one directory run in parallel; symlink targets stay cached.
+        // listings always carry attributes: `find`, `du` and `ls -l` read a whole
+        // directory before they stat its entries, which the kernel's "auto" mode answers
+        // with one LOOKUP per entry (measured: a cold `find -printf %s` of 50k entries took
+        // 3.7 s with auto, 1.5 s without; a bare `ls -f` pays a stat per entry instead).
+        // Lookups in one directory run in parallel; symlink targets stay cached.
         for cap in [
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_DONT_MASK,
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
@@ -238,6 +275,7 @@ impl Filesystem for StrataFs {
             }
             self.modes.enable_passthrough(p.passthrough);
         }
+        self.start_evictor();
         // Many reads and writes of the page cache in flight at once.
         if let Err(e) = config.set_max_background(64) {
             log::info!("max_background 64 refused ({e})");

@@ -142,7 +142,10 @@ pub struct Node {
     pub per_name: bool,
 
     /// Set once the node's last name was removed: its attributes at that moment.
-    pub removed: Option<Attr>,
+    pub removed: Option<Box<Attr>>,
+    /// When the kernel last looked the node up (a tick of [`Inodes`]): the table asks
+    /// the kernel to forget the nodes unused longest when it grows too large.
+    pub used: u64,
 }
 
 impl Node {
@@ -171,6 +174,8 @@ pub struct Inodes {
     /// (parent, name) to the node it leads to, for every name of every node.
     by_name: HashMap<(u64, OsString), u64>,
     next_synthetic: u64,
+    /// Counts lookups (see [`Node::used`]).
+    tick: u64,
 }
 
 impl Inodes {
@@ -194,6 +199,7 @@ impl Inodes {
                 opened_via: None,
                 per_name: false,
                 removed: None,
+                used: 0,
             },
         );
         t
@@ -245,9 +251,12 @@ impl Inodes {
             opened_via: None,
             per_name: false,
             removed: None,
+            used: 0,
         });
         node.kind = kind;
         node.layer = layer;
+        self.tick += 1;
+        node.used = self.tick;
         let mut dropped = Vec::new();
         if !node.names.iter().any(|(p, n)| *p == parent && n == name) {
             if node.is_dir() {
@@ -361,11 +370,13 @@ impl Inodes {
                 n.names.retain(|(p, nm)| !(*p == parent && nm == name));
                 if n.names.is_empty() {
                     // A removed directory reads as empty: no links, no size.
-                    n.removed = attr.map(|a| Attr {
-                        ino: id,
-                        nlink: 0,
-                        size: if a.is_dir() { 0 } else { a.size },
-                        ..a
+                    n.removed = attr.map(|a| {
+                        Box::new(Attr {
+                            ino: id,
+                            nlink: 0,
+                            size: if a.is_dir() { 0 } else { a.size },
+                            ..a
+                        })
                     });
                 }
             }
@@ -456,6 +467,39 @@ impl Inodes {
                 node.opened_via = Some(name);
             }
         }
+    }
+
+    /// When the table holds more than `high` nodes: a name of each of the nodes unused
+    /// longest, to bring it down to `low` once the kernel forgets them (nodes the kernel
+    /// keeps, open files say, are marked used now, so they are not asked for again soon).
+    pub fn least_used(&mut self, high: usize, low: usize) -> Vec<(u64, OsString)> {
+        if self.nodes.len() <= high {
+            return Vec::new();
+        }
+        let mut ages: Vec<(u64, u64)> = self
+            .nodes
+            .iter()
+            .filter(|(id, n)| **id != ROOT_ID && !n.names.is_empty())
+            .map(|(id, n)| (n.used, *id))
+            .collect();
+        let n = self.nodes.len().saturating_sub(low).min(ages.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        if n < ages.len() {
+            ages.select_nth_unstable(n);
+        }
+        self.tick += 1;
+        let mut out = Vec::with_capacity(n);
+        for (_, id) in &ages[..n] {
+            if let Some(node) = self.nodes.get_mut(id) {
+                node.used = self.tick;
+                if let Some(name) = node.names.first() {
+                    out.push(name.clone());
+                }
+            }
+        }
+        out
     }
 
     /// The kernel forgot `n` lookups of `id`; drops the node when none remain.

@@ -532,6 +532,11 @@ impl Union {
         );
         if let Some(n) = inodes.get_mut(id) {
             n.per_name = r.per_name;
+            // Which name a call came through matters only for a lower hard link (see
+            // `Inodes::take_call_name`); other nodes keep no copy of it.
+            if !r.per_name {
+                n.last_name = None;
+            }
         }
         Attr::of_node(id, &r.st, &r.kind)
     }
@@ -606,13 +611,16 @@ impl Union {
         let Some((layer, fd)) = self.open_copy_of_removed(id, false) else {
             // Nothing open to ask: what it looked like when its last name went.
             let inodes = self.inodes.lock();
-            return inodes.get(id).and_then(|n| n.removed).ok_or(Errno::ENOENT);
+            return inodes
+                .get(id)
+                .and_then(|n| n.removed.as_deref().copied())
+                .ok_or(Errno::ENOENT);
         };
         let (removed, metacopy) = {
             let inodes = self.inodes.lock();
             let node = inodes.get(id);
             let metacopy = node.is_some_and(|n| n.kind.data().is_some());
-            (node.and_then(|n| n.removed), metacopy)
+            (node.and_then(|n| n.removed.as_deref().copied()), metacopy)
         };
         if let (false, true, Some(attr)) = (self.stack.is_upper(layer), metacopy, removed) {
             // A metadata-only copy read through its lower data: the metadata was the

@@ -316,6 +316,12 @@ impl Union {
         let node = inodes.get(id).ok_or(Errno::ENOENT)?;
         Self::reachable_name(&inodes, node).cloned()
     }
+    /// Names of the nodes unused longest when the table holds more than `high` nodes,
+    /// enough to bring it to `low`: the caller asks the kernel to forget them.
+    pub fn least_used(&self, high: usize, low: usize) -> Vec<(u64, OsString)> {
+        self.inodes.lock().least_used(high, low)
+    }
+
     /// The kernel dropped `n` references to `id`.
     pub fn forget(&self, id: u64, n: u64) {
         self.inodes.lock().forget(id, n);
