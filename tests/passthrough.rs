@@ -264,3 +264,62 @@ fn the_daemon_closes_descriptors_when_files_close() {
         open_fds(pid)
     );
 }
+
+/// Whether the daemon holds an unnamed file of its work directory open (the early copy of
+/// a copy-up's data).
+fn copying(pid: u32) -> bool {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                fs::read_link(e.path())
+                    .map(|t| t.to_string_lossy().contains("/work/#"))
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn lookups_and_listings_go_on_while_a_large_file_is_copied_up() {
+    let s = Scratch::new();
+    // Real data (holes would be skipped): 256 MiB of a repeated pseudo-random MiB.
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in chunk.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut big = fs::File::create(s.lower(0).join("big")).unwrap();
+    for _ in 0..256 {
+        big.write_all(&chunk).unwrap();
+    }
+    drop(big);
+    put(&s.lower(0).join("small"), "small");
+    let m = s.mount(1);
+    let pid = daemon_pid(&s.mnt());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (p, done) = (m.path("big"), std::sync::Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            f.write_all(b"!").unwrap();
+        })
+    };
+    let seen = wait_for(60, || {
+        copying(pid) || done.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    assert!(
+        seen && copying(pid),
+        "never saw the copy-up's data being copied"
+    );
+    // While the data is being copied: a lookup, a stat and a listing.
+    assert_eq!(fs::read_to_string(m.path("small")).unwrap(), "small");
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 2);
+    let finished_first = done.load(std::sync::atomic::Ordering::SeqCst);
+    appender.join().unwrap();
+    assert!(!finished_first, "the calls waited for the copy-up");
+    assert_eq!(fs::metadata(m.path("big")).unwrap().len(), (256 << 20) + 1);
+}

@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use rustix::fs::{Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
 use super::inode::{DataLayer, DirLayer, NodeKind, ROOT_ID};
 use super::layer::{self, LayerIdx};
@@ -237,6 +237,76 @@ impl Union {
         Ok(())
     }
 
+    /// Copies the data of node `id` ahead of its copy-up, when it is a large regular file
+    /// with one name in a lower layer: the copy is the slow part of a copy-up, and made
+    /// here it holds no lock, so lookups, listings and other calls go on meanwhile. The
+    /// copy is an unnamed file in the work directory that the copy-up then links into
+    /// place (see [`Union::take_staged`]); returns its key, for the caller to drop it if
+    /// the copy-up did not use it.
+    pub(super) fn stage_copy_up(&self, id: u64) -> Option<(u64, u64)> {
+        const WORTH_IT: i64 = 1 << 20;
+        let work = self.stack.work().ok()?;
+        let src = {
+            let _ns = self.ns.read();
+            let (layer, path, kind) = self.data_info(id).ok()?;
+            if self.stack.is_upper(layer) || kind.dir_len() > 0 || kind.index().is_some() {
+                return None;
+            }
+            self.stack.open(layer, &path, OFlags::RDONLY).ok()?
+        };
+        let st = sys::stat_fd(src.as_fd()).ok()?;
+        let plain = st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1;
+        if !plain || st.st_size < WORTH_IT {
+            return None;
+        }
+        let copy = rustix::fs::openat(
+            work,
+            c".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .ok()?;
+        let len = u64::try_from(st.st_size).unwrap_or(0);
+        let copied =
+            sys::copy_data(src.as_fd(), copy.as_fd(), len).and_then(|()| match self.opts.fsync {
+                true => rustix::fs::fsync(copy.as_fd()),
+                false => Ok(()),
+            });
+        if let Err(e) = copied {
+            log::debug!("no early copy of node {id}'s data: {e}");
+            return None;
+        }
+        let key = (st.st_dev, st.st_ino);
+        self.staged.lock().insert(key, copy);
+        Some(key)
+    }
+
+    /// The early copy of the data of `data` (see [`Union::stage_copy_up`]), linked into
+    /// the work directory as `tmp` and opened, if there is one.
+    fn take_staged(
+        &self,
+        data: BorrowedFd<'_>,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+    ) -> Option<OwnedFd> {
+        let st = sys::stat_fd(data).ok()?;
+        let copy = self.staged.lock().remove(&(st.st_dev, st.st_ino))?;
+        let linked = rustix::fs::linkat(
+            rustix::fs::CWD,
+            sys::fd_path(copy.as_fd()).as_c_str(),
+            work,
+            tmp,
+            AtFlags::SYMLINK_FOLLOW,
+        );
+        match linked {
+            Ok(()) => Some(copy),
+            Err(e) => {
+                log::debug!("the early copy could not be linked ({e}): copying again");
+                None
+            }
+        }
+    }
+
     /// Copies up node `id`, a lower hard link (`source`: the entry `name` of `dir` in
     /// layer `layer`, and its stat), the kernel's way with `index=on`: its one copy is the
     /// index entry `key`, shared by all its names; `via`, the name the call came through,
@@ -383,7 +453,12 @@ impl Union {
         let fmt = st.st_mode & libc::S_IFMT;
         let src_path = Path::new(source.name);
         let src = sys::open_beneath(source.dir, src_path, OFlags::PATH | OFlags::NOFOLLOW, 0)?;
+        let staged = match (fmt, source.data) {
+            (libc::S_IFREG, Some(data)) => self.take_staged(data, work, tmp),
+            _ => None,
+        };
         let dst: OwnedFd = match fmt {
+            libc::S_IFREG if staged.is_some() => staged.ok_or(Errno::EIO)?,
             libc::S_IFREG => {
                 let dst = rustix::fs::openat(
                     work,

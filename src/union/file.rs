@@ -166,8 +166,14 @@ impl Union {
         self.inodes.lock().opening(id);
         if write {
             self.stack.upper()?;
+            let staged = self.stage_copy_up(id);
             let _ns = self.ns.write();
-            self.copy_up(id)?;
+            let r = self.copy_up(id);
+            if let Some(key) = staged {
+                // Unused when the file was copied up meanwhile: it vanishes (O_TMPFILE).
+                self.staged.lock().remove(&key);
+            }
+            r?;
         }
         // A copy-up re-points the open handles of its file; holding the namespace lock
         // keeps one from slipping in between finding the file and registering the handle.

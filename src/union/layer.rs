@@ -148,7 +148,7 @@ struct DirCache {
 
 type DirMap = HashMap<(LayerIdx, PathBuf), Arc<OwnedFd>>;
 
-const DIR_CACHE: usize = 512;
+const DIR_CACHE: usize = 64;
 
 impl DirCache {
     fn get(&self, l: LayerIdx, rel: &Path) -> Option<Arc<OwnedFd>> {

@@ -24,7 +24,7 @@ mod namespace;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -143,6 +143,9 @@ pub struct Union {
     opts: UnionOptions,
     /// The daemon runs as root: it can set owners on what it creates.
     root: bool,
+    /// Data of lower files copied ahead of their copy-up, outside the namespace lock
+    /// (see [`Union::stage_copy_up`]), by the (device, inode) of the lower file.
+    staged: Mutex<HashMap<(u64, u64), OwnedFd>>,
 }
 
 /// The layers of a directory with its path in each, its upper path being `merged`.
@@ -190,6 +193,7 @@ impl Union {
             changed: Mutex::new(Vec::new()),
             opts,
             root: sys::euid() == 0,
+            staged: Mutex::new(HashMap::new()),
         }
     }
 
