@@ -632,3 +632,20 @@ fn regress_hard_link_call_name_is_not_known_to_fuse() {
         &["open 2 d/b r", "utimens d/d/c 1259780083 now"],
     );
 }
+
+/// Found by seed 321524160458: `chown(-1, -1)` by a user outside the group of a set-gid
+/// file that is not group-executable (EPERM on the kernel, accepted: the FUSE rule).
+#[test]
+fn regress_chown_nothing_of_a_set_gid_file_by_another_user() {
+    replay(
+        &[
+            "L0 file c/a d=5000:79983",
+            "L0 file e/b/b at=100000 d=0:289372 m=2745",
+        ],
+        &[
+            "mkdir c/b 755",
+            "rename e/b/b c/b/h",
+            "as 1000:1000 lchown c/b/h - -",
+        ],
+    );
+}

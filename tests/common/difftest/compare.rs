@@ -16,7 +16,9 @@
 //! - `sgid-kept-without-group-exec`: a write or truncate by a user outside a file's group
 //!   clears its set-gid bit on strata only when the file is group-executable (the FUSE
 //!   rule, documented in the README); kernel overlayfs on ext4 clears it always. Accepted
-//!   for a regular file that is not group-executable and differs in that bit only.
+//!   for a regular file that is not group-executable and differs in that bit only. By the
+//!   same rule `chown(f, -1, -1)` by such a user succeeds on strata where the kernel
+//!   refuses it (`EPERM`: clearing the bit would be a mode change only the owner may make).
 //!
 //! - `removed-lower-fd-change`: changing metadata (`fchmod`, `fchown`, `futimens`,
 //!   `fsetxattr`) through a descriptor of a lower file or directory whose name is gone fails
@@ -301,6 +303,26 @@ pub fn step(step: &Step, s: &Res, k: &Res, cx: &StepCtx) -> Verdict {
             Ok(_) => return Verdict::AcceptedStop("kernel-copy-up-over-a-new-name"),
             _ => {}
         }
+    }
+    // chown(-1, -1) by a user who is not root: the kernel's VFS asks to clear the set-gid
+    // bit of a file that is not group-executable when the user is outside its group, and
+    // only the owner may change the mode (EPERM); FUSE drops that request (the FUSE rule
+    // of `sgid-kept-without-group-exec`), so strata is never asked.
+    let chown_nothing = matches!(
+        step.op,
+        Op::Chown {
+            uid: None,
+            gid: None,
+            ..
+        } | Op::FChown {
+            uid: None,
+            gid: None,
+            ..
+        }
+    );
+    let non_root = step.user.is_some_and(|(uid, _)| uid != 0);
+    if let (true, true, Ok(_), Err(libc::EPERM)) = (chown_nothing, non_root, s, k) {
+        return Verdict::Accepted("sgid-kept-without-group-exec");
     }
     if let (Ok(Val::Stat(ss)), Ok(Val::Stat(ks))) = (s, k) {
         let fstat = matches!(step.op, Op::FStat { .. });
