@@ -284,6 +284,85 @@ pub fn xattr_list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>, RErrno> {
         .collect())
 }
 
+/// The names of the xattrs of the entry `name` in `dir` (never a symlink's target), as
+/// the kernel lists them: NUL-terminated, one after another. One `listxattrat(2)` where
+/// the kernel has it (Linux 6.13), else `llistxattr` through `/proc/self/fd`.
+///
+/// # Errors
+/// `EINVAL` for a name that is not a single component, or the errno of the call.
+pub fn xattr_names_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Vec<u8>, RErrno> {
+    if name.as_bytes().contains(&b'/') || name.is_empty() {
+        return Err(RErrno::INVAL);
+    }
+    let cname = CString::new(name.as_bytes()).map_err(|_| RErrno::INVAL)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        match listxattrat(dir, &cname, &mut buf) {
+            Some(Ok(n)) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Some(Err(RErrno::RANGE)) => {
+                let n = listxattrat(dir, &cname, &mut []).unwrap_or(Err(RErrno::NOSYS))?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    let mut path = fd_path(dir).into_bytes();
+    path.push(b'/');
+    path.extend_from_slice(name.as_bytes());
+    let path = CString::new(path).map_err(|_| RErrno::INVAL)?;
+    loop {
+        match rustix::fs::llistxattr(path.as_c_str(), &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(RErrno::RANGE) => {
+                let n: usize = rustix::fs::llistxattr(path.as_c_str(), &mut [0u8; 0][..])?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `listxattrat(2)` may be there (cleared at its first `ENOSYS`).
+static HAS_LISTXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// `listxattrat(2)` of `name` in `dir` without following a final symlink; `None` when
+/// the kernel does not have the call.
+fn listxattrat(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> Option<Result<usize, RErrno>> {
+    use std::sync::atomic::Ordering;
+    // As for getxattrat: one number on every architecture that has the call.
+    const SYS_LISTXATTRAT: libc::c_long = 465;
+    if !HAS_LISTXATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: `name` is NUL-terminated; `buf` is valid for `buf.len()` bytes for the call.
+    let r = unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if r >= 0 {
+        return Some(Ok(usize::try_from(r).unwrap_or(0)));
+    }
+    let e = RErrno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    if e == RErrno::NOSYS {
+        HAS_LISTXATTRAT.store(false, Ordering::Relaxed);
+        return None;
+    }
+    Some(Err(e))
+}
+
 /// Safe wrapper for `setxattr(2)` on the inode behind `fd`.
 ///
 /// # Errors

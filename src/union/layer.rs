@@ -529,11 +529,43 @@ pub fn is_opaque(fd: BorrowedFd<'_>) -> Result<bool> {
     Ok(sys::exists_at(fd, OsStr::from_bytes(WH_OPAQUE))?)
 }
 
-/// [`is_opaque`] for the directory `name` in `dir` (`child` is that directory): its
-/// xattrs read through the parent, which spares a path walk through `/proc`.
-pub fn is_opaque_at(dir: BorrowedFd<'_>, name: &OsStr, child: BorrowedFd<'_>) -> Result<bool> {
+/// The names of the xattrs of the entry `name` in `dir`, listed once so that only the
+/// overlay xattrs it has are read (most entries have none). Empty where the filesystem
+/// has no xattrs.
+pub struct XattrNames(Vec<u8>);
+
+impl XattrNames {
+    pub fn of(dir: BorrowedFd<'_>, name: &OsStr) -> Result<XattrNames> {
+        match sys::xattr_names_at(dir, name) {
+            Ok(v) => Ok(XattrNames(v)),
+            Err(rustix::io::Errno::OPNOTSUPP) => Ok(XattrNames(Vec::new())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn has(&self, attr: &str) -> bool {
+        self.0.split(|b| *b == 0).any(|n| n == attr.as_bytes())
+    }
+
+    /// The value of `attr` of the entry (listed by `names`), read only if it is listed.
+    pub fn get(&self, dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> Result<Option<Vec<u8>>> {
+        match self.has(attr) {
+            true => overlay_xattr_at(dir, name, attr),
+            false => Ok(None),
+        }
+    }
+}
+
+/// [`is_opaque`] for the directory `name` in `dir` (`child` is that directory, `names`
+/// its xattrs): xattrs read through the parent, which spares a path walk through `/proc`.
+pub fn is_opaque_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    names: &XattrNames,
+    child: BorrowedFd<'_>,
+) -> Result<bool> {
     for attr in [OPAQUE_XATTR, OPAQUE_XATTR_USER] {
-        if overlay_xattr_at(dir, name, attr)?.is_some_and(|v| v == b"y") {
+        if names.get(dir, name, attr)?.is_some_and(|v| v == b"y") {
             return Ok(true);
         }
     }
@@ -607,9 +639,13 @@ pub fn redirect(fd: BorrowedFd<'_>) -> Result<Option<Redirect>> {
     parse_redirect(|attr| overlay_xattr(sys::xattr_get(fd, OsStr::new(attr))))
 }
 
-/// [`redirect`] of the directory `name` in `dir`.
-pub fn redirect_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Redirect>> {
-    parse_redirect(|attr| overlay_xattr_at(dir, name, attr))
+/// [`redirect`] of the directory `name` in `dir` (`names`: its xattrs).
+pub fn redirect_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    names: &XattrNames,
+) -> Result<Option<Redirect>> {
+    parse_redirect(|attr| names.get(dir, name, attr))
 }
 
 fn parse_redirect(get: impl Fn(&str) -> Result<Option<Vec<u8>>>) -> Result<Option<Redirect>> {

@@ -240,11 +240,17 @@ impl Union {
                     top = Some((l, st));
                     top_dir = dir.clone();
                     if !is_dir(&st) {
-                        if self.stack.is_upper(l) {
-                            origin = self.origin_ino(dfd, &walk.name);
-                        }
                         // A metadata-only copy: its data is below (where its redirect says).
-                        wants_data = is_reg(&st) && self.is_metacopy(dfd, &walk.name)?;
+                        // An upper file lists its xattrs first: most have none to read.
+                        wants_data = if self.stack.is_upper(l) {
+                            let names = layer::XattrNames::of(dfd, &walk.name)?;
+                            if names.has(layer::ORIGIN_XATTR) {
+                                origin = self.origin_ino(dfd, &walk.name);
+                            }
+                            is_reg(&st) && names.has(layer::METACOPY_XATTR)
+                        } else {
+                            is_reg(&st) && self.is_metacopy(dfd, &walk.name)?
+                        };
                         if !wants_data {
                             break;
                         }
@@ -270,12 +276,13 @@ impl Union {
                     path: (!self.stack.is_upper(l)).then(|| Arc::from(path.as_path())),
                 });
                 // An OCI whiteout beside a directory makes it replace what is below.
-                if layer::is_opaque_at(dfd, &walk.name, child.as_fd())?
+                let names = layer::XattrNames::of(dfd, &walk.name)?;
+                if layer::is_opaque_at(dfd, &walk.name, &names, child.as_fd())?
                     || layer::has_oci_whiteout(dfd, &walk.name)?
                 {
                     break;
                 }
-                walk.follow(layer::redirect_at(dfd, &walk.name)?, l);
+                walk.follow(layer::redirect_at(dfd, &walk.name, &names)?, l);
                 continue;
             }
             // The data of a metadata-only copy: a regular file, itself possibly one.
