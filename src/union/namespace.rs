@@ -520,7 +520,8 @@ impl Union {
     /// Removes the visible entry `r` (`name` in `parent`): deletes its upper copy and
     /// leaves a whiteout where a lower layer has the name too.
     fn remove_entry(&self, parent: u64, name: &OsStr, r: &Resolved, upper: LayerIdx) -> Result<()> {
-        let needs_whiteout = self.lower_has(parent, name)?;
+        // Found in a lower layer: that layer has it (no need to look again).
+        let needs_whiteout = !r.upper_name || self.lower_has(parent, name)?;
         self.copy_up(parent)?;
         let dir = self.upper_path(parent)?;
         let udir = self.stack.open_dir(upper, &dir)?;
