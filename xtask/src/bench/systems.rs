@@ -65,8 +65,19 @@ fn find_daemon(prog: &str, mnt: &Path) -> Option<i32> {
     None
 }
 
+/// True while `pid` runs. A zombie has exited (its memory and descriptors are released)
+/// even though `/proc/PID` stays until its parent reaps it: the daemons detach to be
+/// children of init, and an init that reaps lazily (this machine's takes about 1.5 s)
+/// would otherwise add that to every FUSE mount of the run.
 fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE …": COMM may hold spaces and parentheses, so read after the last ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X"))
 }
 
 impl Mount {
