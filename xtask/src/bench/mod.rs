@@ -207,9 +207,9 @@ pub fn run(args: &[String]) -> Result {
         m.unmount()?;
     }
 
-    let samples = run_workloads(&opts, &ctx, &bins, &scratch)?;
+    let (samples, spent) = run_workloads(&opts, &ctx, &bins, &scratch)?;
     let wall = started.elapsed();
-    let times = (wall.as_secs_f64(), prepared);
+    let times = (wall.as_secs_f64(), prepared, spent.as_slice());
     let header = header(&opts, &scale, &data, (&commit, &load_before), times);
     println!(
         "\n{header}\n{}\n{}",
@@ -235,13 +235,17 @@ pub fn run(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Every selected workload × repetition × system that runs it, in rotated order.
+/// The wall time of each workload that ran (s), in run order.
+type Spent = Vec<(&'static str, f64)>;
+
+/// Every selected workload × repetition × system that runs it, in rotated order. Returns
+/// the samples and the wall time each workload took (mounts and cache drops included).
 fn run_workloads(
     opts: &Opts,
     ctx: &Ctx,
     bins: &Binaries,
     scratch: &Path,
-) -> Result<Vec<report::Sample>> {
+) -> Result<(Vec<report::Sample>, Spent)> {
     let chosen: Vec<&workloads::Workload> = workloads::ALL
         .iter()
         .filter(|w| {
@@ -251,7 +255,9 @@ fn run_workloads(
         })
         .collect();
     let mut samples = Vec::new();
+    let mut spent = Vec::new();
     for w in chosen {
+        let start = Instant::now();
         let reps = if w.once { 1 } else { opts.reps };
         let running: Vec<&'static str> = opts
             .systems
@@ -289,8 +295,11 @@ fn run_workloads(
                 }));
             }
         }
+        let took = start.elapsed().as_secs_f64();
+        println!("bench: {} took {took:.0} s", w.name);
+        spent.push((w.name, took));
     }
-    Ok(samples)
+    Ok((samples, spent))
 }
 
 fn loadavg() -> String {
@@ -345,17 +354,17 @@ fn commit() -> String {
 }
 
 /// The facts a reader needs to judge the figures. `at_start`: the commit and the load
-/// average when the run began; `times`: the run's wall time, and the part of it spent
-/// making the data set.
+/// average when the run began; `times`: the run's wall time, the part of it spent making
+/// the data set, and the wall time of each workload.
 fn header(
     opts: &Opts,
     scale: &Scale,
     data: &data::DataSet,
     at_start: (&str, &str),
-    times: (f64, f64),
+    times: (f64, f64, &[(&str, f64)]),
 ) -> String {
     let (commit, load_before) = at_start;
-    let (wall, prepared) = times;
+    let (wall, prepared, spent) = times;
     let systems: Vec<String> = opts
         .systems
         .iter()
@@ -364,6 +373,7 @@ fn header(
             Scope::DataReads => format!("{sys} (data-read workloads only)"),
         })
         .collect();
+    let spent: Vec<String> = spent.iter().map(|(w, s)| format!("{w} {s:.0}")).collect();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let files = data.files().len();
     format!(
@@ -371,11 +381,13 @@ fn header(
          - date: {date}; commit: {commit}\n\
          - machine: Linux {kernel}, {cores} cores; load average before {load_before}, after {load_after}\n\
          - fuse-overlayfs: {fo}; fio: {fio}\n\
-         - systems: {systems}; repetitions: {reps} (medians shown; order rotated each repetition)\n\
+         - systems: {systems}\n\
+         - repetitions: {reps} (medians shown; order rotated each repetition), except `rss` \
+           (the {million}-entry walk) and `fds`: 1 run per system\n\
          - data set: {entries} merged entries in 3 lowers ({files} files under tree/, {tree_mb:.0} MB), \
            a {wide}-entry directory, a {big} MiB file, a {tar}-file tarball, a {million}-entry layer\n\
          - wall time: {wall:.0} s, of which {prepared:.0} s preparing the data set \
-           (generating what was missing)\n",
+           (generating what was missing); per workload (s): {spent}\n",
         mode = scale.name,
         date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
         kernel = first_line(Command::new("uname").arg("-r")),
@@ -383,6 +395,7 @@ fn header(
         fo = line_with(Command::new("fuse-overlayfs").arg("--version"), "fuse-overlayfs"),
         fio = first_line(Command::new("fio").arg("--version")),
         systems = systems.join(", "),
+        spent = spent.join(", "),
         reps = opts.reps,
         entries = data.model.len(),
         tree_mb = data.tree_bytes() as f64 / 1e6,

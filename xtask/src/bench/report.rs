@@ -245,7 +245,8 @@ fn met(ok: bool) -> &'static str {
 }
 
 /// The Markdown table of medians, ratios and targets (for strata), with a `strata-all`
-/// column and its ratio to the kernel at the end when that system ran.
+/// column and its ratio to the kernel at the end when that system ran. A row measured
+/// fewer times than the run's repetitions says how many times.
 pub fn table(samples: &[Sample]) -> String {
     let all = grouped(samples);
     let med: BTreeMap<_, f64> = all
@@ -253,6 +254,7 @@ pub fn table(samples: &[Sample]) -> String {
         .filter_map(|(k, v)| median(v.clone()).map(|m| (*k, m)))
         .collect();
     let get = |metric: &str, sys: &str| med.get(&(metric, sys)).copied();
+    let reps = all.values().map(Vec::len).max().unwrap_or(0);
     let with_all = samples.iter().any(|s| s.system == ALL_PASSTHROUGH);
     let mut t = String::from(
         "| workload | unit | strata | kernel | fuse-overlayfs | strata÷kernel | target (strata) | vs kernel | strata÷f-o | faster than f-o |",
@@ -273,7 +275,17 @@ pub fn table(samples: &[Sample]) -> String {
         if s.is_none() && k.is_none() && f.is_none() && a.is_none() {
             continue;
         }
-        let what = mt.what;
+        let runs = all
+            .iter()
+            .filter(|((m, _), _)| *m == mt.name)
+            .map(|(_, v)| v.len())
+            .max()
+            .unwrap_or(0);
+        let what = match runs {
+            n if n >= reps => mt.what.to_string(),
+            1 => format!("{}, 1 run", mt.what),
+            n => format!("{}, {n} runs", mt.what),
+        };
         let show = |v: Option<f64>| v.map_or("–".to_string(), |v| mt.unit.show(v));
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -469,5 +481,19 @@ mod tests {
         let stat = t.lines().find(|l| l.contains("stat every entry")).unwrap();
         assert!(stat.ends_with("| – | – |"), "{stat}");
         assert!(notes(&samples).contains("passthrough=all"));
+    }
+
+    #[test]
+    fn rows_measured_once_say_so() {
+        let mut samples = vec![s("walk-1m", "strata", 40.0), s("walk-1m", "kernel", 20.0)];
+        for rep in 0..3 {
+            samples.push(Sample {
+                rep,
+                ..s("stat-cold", "strata", 2.0)
+            });
+        }
+        let t = table(&samples);
+        assert!(t.contains("| stat walk of the 1M-entry layer (quick: 50k), cold, 1 run |"));
+        assert!(t.contains("| stat every entry, cold |"));
     }
 }
