@@ -63,7 +63,7 @@ impl Scale {
             stat_files: 20_000,
             create_files: 10_000,
             write_mib: 1024,
-            fio_secs: 3,
+            fio_secs: 2,
         }
     }
 
