@@ -3,9 +3,11 @@
 //! Builds strata in release mode, makes sure the data set exists (see [`data`]), checks
 //! each system's merged view against the generator's model, then runs every workload on
 //! every system in turn — the order rotated each repetition (A B C, B C A, C A B) so no
-//! system always runs right after another's writes — on a fresh mount each time. Prints
-//! the medians and ratios and writes them, with every raw sample, under `bench/results/`.
-//! Nothing here asserts a timing: the targets are reported, not enforced.
+//! system always runs right after another's writes — on a fresh mount each time. Unless
+//! `--systems` names it, `strata-all` (strata with `passthrough=all`) runs only on the
+//! workloads that read file data. Prints the medians and ratios and writes them, with
+//! every raw sample, under `bench/results/`. Nothing here asserts a timing: the targets
+//! are reported, not enforced.
 
 mod data;
 mod report;
@@ -18,11 +20,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::{can_mount, cargo, ensure_packages, root, Result};
-use systems::{Binaries, Mount};
+use systems::{Binaries, Mount, Scope};
 use workloads::{Ctx, Stack};
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--reps N] [--only W1,W2] \
-                     [--systems strata,kernel,fuse-overlayfs]";
+                     [--systems strata,kernel,fuse-overlayfs,strata-all]";
 
 /// How big the data set and the workloads are.
 #[derive(Clone, Debug)]
@@ -61,7 +63,7 @@ impl Scale {
             stat_files: 20_000,
             create_files: 10_000,
             write_mib: 1024,
-            fio_secs: 3,
+            fio_secs: 2,
         }
     }
 
@@ -89,7 +91,15 @@ struct Opts {
     quick: bool,
     reps: usize,
     only: Option<Vec<String>>,
-    systems: Vec<&'static str>,
+    /// The systems in their default order, each with the workloads it runs: named by
+    /// `--systems`, every one; otherwise each system's default.
+    systems: Vec<(&'static str, Scope)>,
+}
+
+impl Opts {
+    fn names(&self) -> Vec<&'static str> {
+        self.systems.iter().map(|(s, _)| *s).collect()
+    }
 }
 
 /// Parses the arguments after `bench`.
@@ -98,7 +108,10 @@ fn parse(args: &[String]) -> Result<Opts> {
         quick: false,
         reps: 3,
         only: None,
-        systems: systems::ALL.to_vec(),
+        systems: systems::ALL
+            .iter()
+            .map(|s| (*s, systems::default_scope(s)))
+            .collect(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -130,7 +143,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                         .iter()
                         .find(|s| **s == n)
                         .ok_or(format!("unknown system {n:?}; known: {:?}", systems::ALL))?;
-                    chosen.push(*s);
+                    chosen.push((*s, Scope::Every));
                 }
                 o.systems = chosen;
             }
@@ -150,7 +163,7 @@ pub fn run(args: &[String]) -> Result {
     let opts = parse(args)?;
     can_mount("bench")?;
     let mut wanted = vec![("/usr/bin/fio", "fio")];
-    if opts.systems.contains(&"fuse-overlayfs") {
+    if opts.names().contains(&"fuse-overlayfs") {
         wanted.push(("/usr/bin/fuse-overlayfs", "fuse-overlayfs"));
     }
     ensure_packages(&wanted)?;
@@ -170,7 +183,7 @@ pub fn run(args: &[String]) -> Result {
     } else {
         Scale::full()
     };
-    let data = data::prepare(&scale, &opts.systems)?;
+    let data = data::prepare(&scale, &opts.names())?;
     let prepared = started.elapsed().as_secs_f64();
     let scratch = Path::new(data::CACHE_ROOT).join("run");
     fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
@@ -187,18 +200,22 @@ pub fn run(args: &[String]) -> Result {
         stat_files,
     };
 
-    for sys in &opts.systems {
+    for sys in opts.names() {
         println!("bench: checking {sys}'s merged view");
         let m = Mount::new(sys, &bins, &data.lowers[sys], &scratch.join(sys))?;
         data::check_view(&m.mnt, &data.model).map_err(|e| format!("{sys}: {e}"))?;
         m.unmount()?;
     }
 
-    let samples = run_workloads(&opts, &ctx, &bins, &scratch)?;
+    let (samples, spent) = run_workloads(&opts, &ctx, &bins, &scratch)?;
     let wall = started.elapsed();
-    let times = (wall.as_secs_f64(), prepared);
+    let times = (wall.as_secs_f64(), prepared, spent.as_slice());
     let header = header(&opts, &scale, &data, (&commit, &load_before), times);
-    println!("\n{header}\n{}", report::table(&samples));
+    println!(
+        "\n{header}\n{}\n{}",
+        report::table(&samples),
+        report::notes(&samples)
+    );
     let complete = opts.only.is_none() && opts.systems.len() == systems::ALL.len();
     let stamp = utc_stamp()?;
     let name = format!("{stamp}-{}", scale.name);
@@ -218,13 +235,17 @@ pub fn run(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Every selected workload × repetition × system, in rotated order.
+/// The wall time of each workload that ran (s), in run order.
+type Spent = Vec<(&'static str, f64)>;
+
+/// Every selected workload × repetition × system that runs it, in rotated order. Returns
+/// the samples and the wall time each workload took (mounts and cache drops included).
 fn run_workloads(
     opts: &Opts,
     ctx: &Ctx,
     bins: &Binaries,
     scratch: &Path,
-) -> Result<Vec<report::Sample>> {
+) -> Result<(Vec<report::Sample>, Spent)> {
     let chosen: Vec<&workloads::Workload> = workloads::ALL
         .iter()
         .filter(|w| {
@@ -234,15 +255,22 @@ fn run_workloads(
         })
         .collect();
     let mut samples = Vec::new();
+    let mut spent = Vec::new();
     for w in chosen {
+        let start = Instant::now();
         let reps = if w.once { 1 } else { opts.reps };
+        let running: Vec<&'static str> = opts
+            .systems
+            .iter()
+            .filter(|(sys, scope)| {
+                !(w.daemon_only && *sys == "kernel") && (*scope == Scope::Every || w.reads_data)
+            })
+            .map(|(sys, _)| *sys)
+            .collect();
+        let n = running.len();
         for rep in 0..reps {
-            let n = opts.systems.len();
             for slot in 0..n {
-                let sys = opts.systems[(slot + rep) % n];
-                if w.daemon_only && sys == "kernel" {
-                    continue;
-                }
+                let sys = running[(slot + rep) % n];
                 let lowers = match w.stack {
                     Stack::Main => ctx.data.lowers[sys].clone(),
                     Stack::Million => vec![ctx.data.million.clone()],
@@ -267,8 +295,11 @@ fn run_workloads(
                 }));
             }
         }
+        let took = start.elapsed().as_secs_f64();
+        println!("bench: {} took {took:.0} s", w.name);
+        spent.push((w.name, took));
     }
-    Ok(samples)
+    Ok((samples, spent))
 }
 
 fn loadavg() -> String {
@@ -323,17 +354,26 @@ fn commit() -> String {
 }
 
 /// The facts a reader needs to judge the figures. `at_start`: the commit and the load
-/// average when the run began; `times`: the run's wall time, and the part of it spent
-/// making the data set.
+/// average when the run began; `times`: the run's wall time, the part of it spent making
+/// the data set, and the wall time of each workload.
 fn header(
     opts: &Opts,
     scale: &Scale,
     data: &data::DataSet,
     at_start: (&str, &str),
-    times: (f64, f64),
+    times: (f64, f64, &[(&str, f64)]),
 ) -> String {
     let (commit, load_before) = at_start;
-    let (wall, prepared) = times;
+    let (wall, prepared, spent) = times;
+    let systems: Vec<String> = opts
+        .systems
+        .iter()
+        .map(|(sys, scope)| match scope {
+            Scope::Every => sys.to_string(),
+            Scope::DataReads => format!("{sys} (data-read workloads only)"),
+        })
+        .collect();
+    let spent: Vec<String> = spent.iter().map(|(w, s)| format!("{w} {s:.0}")).collect();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let files = data.files().len();
     format!(
@@ -341,18 +381,21 @@ fn header(
          - date: {date}; commit: {commit}\n\
          - machine: Linux {kernel}, {cores} cores; load average before {load_before}, after {load_after}\n\
          - fuse-overlayfs: {fo}; fio: {fio}\n\
-         - systems: {systems}; repetitions: {reps} (medians shown; order rotated each repetition)\n\
+         - systems: {systems}\n\
+         - repetitions: {reps} (medians shown; order rotated each repetition), except `rss` \
+           (the {million}-entry walk) and `fds`: 1 run per system\n\
          - data set: {entries} merged entries in 3 lowers ({files} files under tree/, {tree_mb:.0} MB), \
            a {wide}-entry directory, a {big} MiB file, a {tar}-file tarball, a {million}-entry layer\n\
          - wall time: {wall:.0} s, of which {prepared:.0} s preparing the data set \
-           (generating what was missing)\n",
+           (generating what was missing); per workload (s): {spent}\n",
         mode = scale.name,
         date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
         kernel = first_line(Command::new("uname").arg("-r")),
         load_after = loadavg(),
         fo = line_with(Command::new("fuse-overlayfs").arg("--version"), "fuse-overlayfs"),
         fio = first_line(Command::new("fio").arg("--version")),
-        systems = opts.systems.join(", "),
+        systems = systems.join(", "),
+        spent = spent.join(", "),
         reps = opts.reps,
         entries = data.model.len(),
         tree_mb = data.tree_bytes() as f64 / 1e6,

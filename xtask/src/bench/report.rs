@@ -3,7 +3,9 @@
 //!
 //! A ratio is always strata ÷ the other system in the measurement's own unit. For a
 //! time (or memory) lower is better, so a target reads "≤ X"; for a rate (MB/s, IOPS,
-//! stats/s) higher is better, so it reads "≥ X".
+//! stats/s) higher is better, so it reads "≥ X". Targets are judged on default strata
+//! only; `strata-all` (lower files passed through), when it ran, gets its own column and
+//! its own ratio to the kernel, outside the verdicts.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -222,16 +224,17 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// Medians per (metric, system).
-fn medians(samples: &[Sample]) -> BTreeMap<(&'static str, &'static str), f64> {
+/// The samples per (metric, system).
+fn grouped(samples: &[Sample]) -> BTreeMap<(&'static str, &'static str), Vec<f64>> {
     let mut all: BTreeMap<(&'static str, &'static str), Vec<f64>> = BTreeMap::new();
     for s in samples {
         all.entry((s.metric, s.system)).or_default().push(s.value);
     }
-    all.into_iter()
-        .filter_map(|(k, v)| median(v).map(|m| (k, m)))
-        .collect()
+    all
 }
+
+/// The system whose extra column the table shows where it ran.
+const ALL_PASSTHROUGH: &str = "strata-all";
 
 fn met(ok: bool) -> &'static str {
     if ok {
@@ -241,23 +244,48 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
-/// The Markdown table of medians, ratios and targets.
+/// The Markdown table of medians, ratios and targets (for strata), with a `strata-all`
+/// column and its ratio to the kernel at the end when that system ran. A row measured
+/// fewer times than the run's repetitions says how many times.
 pub fn table(samples: &[Sample]) -> String {
-    let med = medians(samples);
+    let all = grouped(samples);
+    let med: BTreeMap<_, f64> = all
+        .iter()
+        .filter_map(|(k, v)| median(v.clone()).map(|m| (*k, m)))
+        .collect();
     let get = |metric: &str, sys: &str| med.get(&(metric, sys)).copied();
+    let reps = all.values().map(Vec::len).max().unwrap_or(0);
+    let with_all = samples.iter().any(|s| s.system == ALL_PASSTHROUGH);
     let mut t = String::from(
-        "| workload | unit | strata | kernel | fuse-overlayfs | strata÷kernel | target | vs kernel | strata÷f-o | faster than f-o |\n\
-         |---|---|---:|---:|---:|---:|---|---|---:|---|\n",
+        "| workload | unit | strata | kernel | fuse-overlayfs | strata÷kernel | target (strata) | vs kernel | strata÷f-o | faster than f-o |",
     );
+    let mut rule = String::from("|---|---|---:|---:|---:|---:|---|---|---:|---|");
+    if with_all {
+        t.push_str(" strata-all | strata-all÷kernel |");
+        rule.push_str("---:|---:|");
+    }
+    let _ = writeln!(t, "\n{rule}");
     for mt in METRICS {
-        let (s, k, f) = (
+        let (s, k, f, a) = (
             get(mt.name, "strata"),
             get(mt.name, "kernel"),
             get(mt.name, "fuse-overlayfs"),
+            get(mt.name, ALL_PASSTHROUGH),
         );
-        if s.is_none() && k.is_none() && f.is_none() {
+        if s.is_none() && k.is_none() && f.is_none() && a.is_none() {
             continue;
         }
+        let runs = all
+            .iter()
+            .filter(|((m, _), _)| *m == mt.name)
+            .map(|(_, v)| v.len())
+            .max()
+            .unwrap_or(0);
+        let what = match runs {
+            n if n >= reps => mt.what.to_string(),
+            1 => format!("{}, 1 run", mt.what),
+            n => format!("{}, {n} runs", mt.what),
+        };
         let show = |v: Option<f64>| v.map_or("–".to_string(), |v| mt.unit.show(v));
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -286,10 +314,9 @@ pub fn table(samples: &[Sample]) -> String {
             _ => "–",
         };
         let r = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
-        let _ = writeln!(
+        let _ = write!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {target} | {verdict} | {} | {beats} |",
-            mt.what,
+            "| {what} | {} | {} | {} | {} | {} | {target} | {verdict} | {} | {beats} |",
             mt.unit.label(),
             show(s),
             show(k),
@@ -297,8 +324,31 @@ pub fn table(samples: &[Sample]) -> String {
             r(rk),
             r(rf),
         );
+        if with_all {
+            let _ = write!(t, " {} | {} |", show(a), r(ratio(a, k)));
+        }
+        t.push('\n');
     }
     t
+}
+
+/// What the reader must know to read the table: whom the targets judge and, when
+/// `strata-all` ran, what it is and what it costs.
+pub fn notes(samples: &[Sample]) -> String {
+    let mut n = String::from(
+        "Targets and verdicts judge default `strata` (`passthrough=on`); ratios are strata ÷ \
+         the other system in the row's unit.\n",
+    );
+    if samples.iter().any(|s| s.system == ALL_PASSTHROUGH) {
+        n.push_str(
+            "`strata-all` is strata mounted with `passthrough=all` (`–` where it did not run; \
+             by default it runs only the data-read rows): it shows what passing lower files \
+             through would give, at the documented cost that a descriptor opened on a lower \
+             file before another process copies it up keeps reading the lower data, and that \
+             opening a lower file for writing while it is open for reading fails with EIO.\n",
+        );
+    }
+    n
 }
 
 /// The raw samples as CSV.
@@ -329,9 +379,10 @@ pub fn write(
 ) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let md = format!(
-        "{header}\n{}\nRaw samples: `{name}.csv` (one line per run; `slot` is the system's \
+        "{header}\n{}\n{}\nRaw samples: `{name}.csv` (one line per run; `slot` is the system's \
          position in that repetition's order).\n",
-        table(samples)
+        table(samples),
+        notes(samples)
     );
     let md_path = dir.join(format!("{name}.md"));
     let csv_path = dir.join(format!("{name}.csv"));
@@ -395,5 +446,54 @@ mod tests {
             "{read}"
         );
         assert!(!t.contains("warm"), "rows without samples are left out");
+        assert!(
+            !t.contains("strata-all"),
+            "no column for a system that did not run"
+        );
+    }
+
+    #[test]
+    fn strata_all_has_a_column_where_it_ran() {
+        let mut samples = Vec::new();
+        for rep in 0..3 {
+            for (sys, v) in [("strata", 800.0), ("kernel", 1000.0), ("strata-all", 990.0)] {
+                samples.push(Sample {
+                    rep,
+                    ..s("seqread-cold", sys, v)
+                });
+            }
+            samples.push(Sample {
+                rep,
+                ..s("stat-cold", "strata", 2.0)
+            });
+        }
+        let t = table(&samples);
+        assert!(t
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("| strata-all | strata-all÷kernel |"));
+        let read = t.lines().find(|l| l.contains("sequential read")).unwrap();
+        assert!(
+            read.ends_with("| 0.80 | ≥ 0.95× | **missed** | – | – | 990 | 0.99 |"),
+            "{read}"
+        );
+        let stat = t.lines().find(|l| l.contains("stat every entry")).unwrap();
+        assert!(stat.ends_with("| – | – |"), "{stat}");
+        assert!(notes(&samples).contains("passthrough=all"));
+    }
+
+    #[test]
+    fn rows_measured_once_say_so() {
+        let mut samples = vec![s("walk-1m", "strata", 40.0), s("walk-1m", "kernel", 20.0)];
+        for rep in 0..3 {
+            samples.push(Sample {
+                rep,
+                ..s("stat-cold", "strata", 2.0)
+            });
+        }
+        let t = table(&samples);
+        assert!(t.contains("| stat walk of the 1M-entry layer (quick: 50k), cold, 1 run |"));
+        assert!(t.contains("| stat every entry, cold |"));
     }
 }

@@ -1,6 +1,7 @@
-//! The three systems under test and their mounts: strata, kernel overlayfs and
-//! fuse-overlayfs, each mounted over its own copy of the lowers with a fresh, empty
-//! upper and work directory.
+//! The systems under test and their mounts: strata, kernel overlayfs and fuse-overlayfs,
+//! each mounted over its own copy of the lowers with a fresh, empty upper and work
+//! directory; and, optionally, `strata-all`: strata with `-o passthrough=all` (lower files
+//! passed through too), over strata's copy of the lowers.
 //!
 //! A [`Mount`] unmounts itself when dropped, however the run ends (lazily as a last
 //! resort), waits for a FUSE daemon to exit so one system's daemon never runs during the
@@ -14,7 +15,36 @@ use std::time::{Duration, Instant};
 use crate::{run, Result};
 
 /// The names `--systems` accepts, in the default order.
-pub const ALL: [&str; 3] = ["strata", "kernel", "fuse-overlayfs"];
+pub const ALL: [&str; 4] = ["strata", "kernel", "fuse-overlayfs", "strata-all"];
+
+/// Which workloads a system runs in a run that does not name the systems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Every,
+    /// Only the workloads that read file data: what lower-file passthrough changes.
+    DataReads,
+}
+
+/// What a system runs by default: `strata-all` is there to show what passing lower files
+/// through would give, which only the data-read workloads can show; running it on the
+/// others would only make the run longer.
+pub fn default_scope(system: &str) -> Scope {
+    match system {
+        "strata-all" => Scope::DataReads,
+        _ => Scope::Every,
+    }
+}
+
+/// The copy of the lowers a system mounts (a directory name under the data set).
+/// `strata-all` shares strata's: the same daemon with one option changed, so the two read
+/// the very same blocks, and the caches are dropped before every measurement, so neither
+/// is ever served from the other's page cache.
+pub fn lowers_copy(system: &'static str) -> &'static str {
+    match system {
+        "strata-all" => "strata",
+        other => other,
+    }
+}
 
 /// How one system is mounted.
 #[derive(Clone, Debug)]
@@ -65,8 +95,19 @@ fn find_daemon(prog: &str, mnt: &Path) -> Option<i32> {
     None
 }
 
+/// True while `pid` runs. A zombie has exited (its memory and descriptors are released)
+/// even though `/proc/PID` stays until its parent reaps it: the daemons detach to be
+/// children of init, and an init that reaps lazily (this machine's takes about 1.5 s)
+/// would otherwise add that to every FUSE mount of the run.
 fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE …": COMM may hold spaces and parentheses, so read after the last ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X"))
 }
 
 impl Mount {
@@ -97,13 +138,16 @@ impl Mount {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(":");
-        let opts = format!(
+        let mut opts = format!(
             "lowerdir={lowerdir},upperdir={},workdir={}",
             scratch.join("upper").display(),
             scratch.join("work").display()
         );
+        if system == "strata-all" {
+            opts.push_str(",passthrough=all");
+        }
         let mut cmd = match system {
-            "strata" => Command::new(&bins.strata),
+            "strata" | "strata-all" => Command::new(&bins.strata),
             "fuse-overlayfs" => Command::new(&bins.fuse_overlayfs),
             "kernel" => {
                 let mut c = Command::new("mount");
@@ -142,10 +186,10 @@ impl Mount {
             ));
         }
         if system != "kernel" {
-            let prog = if system == "strata" {
-                "strata"
-            } else {
+            let prog = if system == "fuse-overlayfs" {
                 "fuse-overlayfs"
+            } else {
+                "strata"
             };
             m.pid = find_daemon(prog, &m.mnt);
             if m.pid.is_none() {

@@ -49,6 +49,9 @@ pub struct Workload {
     pub once: bool,
     /// Has nothing to measure on kernel overlayfs (no daemon).
     pub daemon_only: bool,
+    /// Reads file data (and nothing else of note): the workloads a system of
+    /// [`Scope::DataReads`](super::systems::Scope::DataReads) runs.
+    pub reads_data: bool,
     pub run: RunFn,
 }
 
@@ -56,11 +59,11 @@ pub struct Workload {
 pub const ALL: &[Workload] = &[
     w("stat", Stack::Main, stat_walk),
     w("list", Stack::Main, list_wide),
-    w("readall", Stack::Main, read_all),
-    w("seqread", Stack::Main, seq_read),
+    r("readall", read_all),
+    r("seqread", seq_read),
     w("seqwrite", Stack::Main, seq_write),
     w("copyup", Stack::Main, copy_up),
-    w("randread", Stack::Main, rand_read),
+    r("randread", rand_read),
     w("create", Stack::Main, create_files),
     w("rmrf", Stack::Main, rm_rf),
     w("untar", Stack::Main, untar),
@@ -70,6 +73,7 @@ pub const ALL: &[Workload] = &[
         stack: Stack::Million,
         once: true,
         daemon_only: false,
+        reads_data: false,
         run: million_walk,
     },
     Workload {
@@ -77,6 +81,7 @@ pub const ALL: &[Workload] = &[
         stack: Stack::Main,
         once: true,
         daemon_only: true,
+        reads_data: false,
         run: open_fds,
     },
 ];
@@ -87,7 +92,16 @@ const fn w(name: &'static str, stack: Stack, run: RunFn) -> Workload {
         stack,
         once: false,
         daemon_only: false,
+        reads_data: false,
         run,
+    }
+}
+
+/// A workload that reads file data of the main stack.
+const fn r(name: &'static str, run: RunFn) -> Workload {
+    Workload {
+        reads_data: true,
+        ..w(name, Stack::Main, run)
     }
 }
 
