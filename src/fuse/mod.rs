@@ -66,27 +66,33 @@ impl StrataFs {
     /// Starts the thread that keeps the inode table bounded: the kernel caches every inode
     /// it meets until memory runs short, and a node is dropped only when the kernel
     /// forgets it, so past [`MAX_NODES`] strata asks the kernel to drop the entries unused
-    /// longest (FUSE_NOTIFY_INVAL_ENTRY; entries in use stay). The thread ends with the
-    /// session.
+    /// longest (FUSE_NOTIFY_INVAL_ENTRY; entries in use stay). It also closes cached
+    /// directory descriptors that went unused. The thread ends with the session.
     fn start_evictor(&self) {
         let union = Arc::downgrade(&self.union);
         let notifier = Arc::clone(&self.notifier);
         let spawned = std::thread::Builder::new()
             .name("strata-evict".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_millis(20));
-                let Some(union) = union.upgrade() else {
-                    return;
-                };
-                let Some(n) = notifier.get() else {
-                    continue;
-                };
-                for (parent, name) in union.least_used(MAX_NODES, MAX_NODES * 3 / 4) {
-                    if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
-                        if e.raw_os_error() == Some(libc::ENODEV) {
-                            return;
+            .spawn(move || {
+                for round in 0u64.. {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let Some(union) = union.upgrade() else {
+                        return;
+                    };
+                    // Cached directory descriptors unused for ~0.8 s are closed.
+                    if round % 20 == 0 {
+                        union.age_caches();
+                    }
+                    let Some(n) = notifier.get() else {
+                        continue;
+                    };
+                    for (parent, name) in union.least_used(MAX_NODES, MAX_NODES * 3 / 4) {
+                        if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
+                            if e.raw_os_error() == Some(libc::ENODEV) {
+                                return;
+                            }
+                            log::debug!("invalidating {name:?} in {parent}: {e}");
                         }
-                        log::debug!("invalidating {name:?} in {parent}: {e}");
                     }
                 }
             });

@@ -139,8 +139,9 @@ impl DirFd {
 }
 
 /// A bounded cache of lower directory descriptors, in two generations: a hit in the old
-/// one moves to the new one; when the new one fills, the old one is dropped. So at most
-/// `2 * DIR_CACHE` descriptors stay open, and the directories in use stay cached.
+/// one moves to the new one; when the new one fills, or time passes (see
+/// [`Stack::age_dir_cache`]), the old one is dropped. So at most `2 * DIR_CACHE`
+/// descriptors stay open, the directories in use stay cached, and an idle mount keeps none.
 #[derive(Debug, Default)]
 struct DirCache {
     gens: parking_lot::Mutex<[DirMap; 2]>,
@@ -160,6 +161,12 @@ impl DirCache {
         let fd = g[1].remove(&key)?;
         Self::put_in(&mut g, key, Arc::clone(&fd));
         Some(fd)
+    }
+
+    /// Ages the cache by one generation: what was not used since the last call is closed.
+    fn age(&self) {
+        let mut g = self.gens.lock();
+        g[1] = std::mem::take(&mut g[0]);
     }
 
     fn put(&self, l: LayerIdx, rel: &Path, fd: Arc<OwnedFd>) {
@@ -299,6 +306,12 @@ impl Stack {
     /// (under its index name), written like the upper layer, whatever names it has.
     pub fn index_layer(&self) -> LayerIdx {
         self.layers.len()
+    }
+
+    /// Closes the cached lower directory descriptors not used since the last call (the
+    /// daemon calls it every few hundred milliseconds, so an idle mount holds none).
+    pub fn age_dir_cache(&self) {
+        self.lower_dirs.age();
     }
 
     /// An `O_PATH` descriptor of the directory `rel` in layer `l` (from the cache for a

@@ -326,6 +326,11 @@ impl Union {
         self.inodes.lock().least_used(high, low)
     }
 
+    /// Closes cached descriptors unused since the last call (see [`Stack::age_dir_cache`]).
+    pub fn age_caches(&self) {
+        self.stack.age_dir_cache();
+    }
+
     /// The kernel dropped `n` references to `id`.
     pub fn forget(&self, id: u64, n: u64) {
         self.inodes.lock().forget(id, n);
