@@ -589,10 +589,15 @@ impl Union {
             Err(e) if e == Errno::ENOENT => return self.getattr_removed(id),
             Err(e) => return Err(e),
         };
+        if kind.dir_len() > 0 {
+            // A directory's descriptor may be cached (lower layers).
+            let st = sys::stat_fd(self.stack.open_dir(layer, &path)?.as_fd())?;
+            return Ok(Attr::of_node(id, &st, &kind));
+        }
         let fd = self.stack.open(layer, &path, OFlags::PATH)?;
         let mut st = sys::stat_fd(fd.as_fd())?;
         let indexed = kind.index().is_some();
-        if indexed || (self.stack.is_upper(layer) && kind.dir_len() == 0 && st.st_nlink > 1) {
+        if indexed || (self.stack.is_upper(layer) && st.st_nlink > 1) {
             // An indexed hard link: its names through the mount, not its upper links.
             if let Ok(Some(v)) = sys::xattr_get(fd.as_fd(), OsStr::new(layer::NLINK_XATTR)) {
                 st.st_nlink = layer::overlay_nlink(&v, st.st_nlink, None).unwrap_or(st.st_nlink);
