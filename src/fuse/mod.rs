@@ -21,7 +21,7 @@ use self::io::{Mode, OpenModes};
 use self::options::Passthrough;
 use crate::error::Errno;
 use crate::sys::SetTime;
-use crate::union::{Attr, Creds, ReadBuf, SetAttr, Union};
+use crate::union::{Attr, Creds, DirEntry, ReadBuf, SetAttr, Union};
 
 /// The inode table's bound (see [`StrataFs::start_evictor`]): about 40 MiB of nodes.
 const MAX_NODES: usize = 100_000;
@@ -193,6 +193,13 @@ fn cached_flags(flags: i32, keep_cache: bool) -> FopenFlags {
         FopenFlags::empty()
     };
     how | FopenFlags::FOPEN_NOFLUSH
+}
+
+/// The entries of a listing from position `offset` on, each with the position after it
+/// (entry `i` is at position `i`).
+fn from_offset(entries: &[DirEntry], offset: u64) -> impl Iterator<Item = (u64, &DirEntry)> {
+    let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+    (1u64..).zip(entries).skip(skip)
 }
 
 fn creds(req: &Request) -> Creds {
@@ -544,12 +551,8 @@ impl Filesystem for StrataFs {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in entries
-            .iter()
-            .enumerate()
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-        {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, kind(e.fmt), &e.name) {
+        for (next, e) in from_offset(&entries, offset) {
+            if reply.add(INodeNo(e.ino), next, kind(e.fmt), &e.name) {
                 break;
             }
         }
@@ -568,12 +571,7 @@ impl Filesystem for StrataFs {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in entries
-            .iter()
-            .enumerate()
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-        {
-            let next = (i + 1) as u64;
+        for (next, e) in from_offset(&entries, offset) {
             let dots = e.name == "." || e.name == "..";
             // The kernel counts a lookup for every entry but the dots, whose attributes
             // it ignores.

@@ -141,28 +141,51 @@ pub fn xattr_get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>, RE
 
 /// The value of xattr `attr` of `path` (following a final symlink when `follow`).
 fn read_xattr(path: &CStr, attr: &OsStr, follow: bool) -> Result<Option<Vec<u8>>, RErrno> {
-    let get = |buf: &mut [u8]| {
-        if follow {
-            rustix::fs::getxattr(path, attr, buf)
-        } else {
-            rustix::fs::lgetxattr(path, attr, buf)
-        }
-    };
+    let r = sized(|buf| match follow {
+        true => rustix::fs::getxattr(path, attr, buf),
+        false => rustix::fs::lgetxattr(path, attr, buf),
+    });
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(RErrno::NODATA) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Calls `call` (an xattr call that fills a buffer and returns the length) with a buffer
+/// large enough: on `ERANGE` it asks for the size (with an empty buffer) and grows.
+fn sized(mut call: impl FnMut(&mut [u8]) -> Result<usize, RErrno>) -> Result<Vec<u8>, RErrno> {
     let mut buf = vec![0u8; 256];
     loop {
-        match get(&mut buf[..]) {
+        match call(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
-                return Ok(Some(buf));
+                return Ok(buf);
             }
-            Err(RErrno::NODATA) => return Ok(None),
             Err(RErrno::RANGE) => {
-                let n = get(&mut [0u8; 0][..])?;
+                let n = call(&mut [])?;
                 buf.resize(n.max(buf.len() * 2), 0);
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// `/proc/self/fd/N/NAME`: the entry `name` (one component) of the directory `dir`, for
+/// the path-based calls.
+fn entry_path(dir: BorrowedFd<'_>, name: &OsStr) -> Result<CString, RErrno> {
+    let mut path = fd_path(dir).into_bytes();
+    path.push(b'/');
+    path.extend_from_slice(name.as_bytes());
+    CString::new(path).map_err(|_| RErrno::INVAL)
+}
+
+/// A single path component as a C string.
+fn component(name: &OsStr) -> Result<CString, RErrno> {
+    if name.as_bytes().contains(&b'/') || name.is_empty() {
+        return Err(RErrno::INVAL);
+    }
+    CString::new(name.as_bytes()).map_err(|_| RErrno::INVAL)
 }
 
 /// Safe wrapper for `lgetxattr(2)` of the entry `name` (one path component) in the
@@ -179,32 +202,16 @@ pub fn xattr_get_at(
     name: &OsStr,
     attr: &OsStr,
 ) -> Result<Option<Vec<u8>>, RErrno> {
-    if name.as_bytes().contains(&b'/') || name.is_empty() {
-        return Err(RErrno::INVAL);
-    }
-    let cname = CString::new(name.as_bytes()).map_err(|_| RErrno::INVAL)?;
+    let cname = component(name)?;
     let cattr = CString::new(attr.as_bytes()).map_err(|_| RErrno::INVAL)?;
-    let mut buf = vec![0u8; 256];
-    loop {
-        match getxattrat(dir, &cname, &cattr, &mut buf) {
-            Some(Ok(n)) => {
-                buf.truncate(n);
-                return Ok(Some(buf));
-            }
-            Some(Err(RErrno::NODATA)) => return Ok(None),
-            Some(Err(RErrno::RANGE)) => {
-                let n = getxattrat(dir, &cname, &cattr, &mut []).unwrap_or(Err(RErrno::NOSYS))?;
-                buf.resize(n.max(buf.len() * 2), 0);
-            }
-            Some(Err(e)) => return Err(e),
-            None => break,
-        }
+    // ENOSYS (the call is missing): the path-based call below.
+    match sized(|buf| getxattrat(dir, &cname, &cattr, buf).unwrap_or(Err(RErrno::NOSYS))) {
+        Ok(v) => return Ok(Some(v)),
+        Err(RErrno::NODATA) => return Ok(None),
+        Err(RErrno::NOSYS) => {}
+        Err(e) => return Err(e),
     }
-    let mut path = fd_path(dir).into_bytes();
-    path.push(b'/');
-    path.extend_from_slice(name.as_bytes());
-    let path = CString::new(path).map_err(|_| RErrno::INVAL)?;
-    read_xattr(&path, attr, false)
+    read_xattr(&entry_path(dir, name)?, attr, false)
 }
 
 /// Whether `getxattrat(2)` may be there (cleared at its first `ENOSYS`).
@@ -266,18 +273,8 @@ fn getxattrat(
 /// The errno of `listxattr`.
 pub fn xattr_list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>, RErrno> {
     let path = fd_path(fd);
-    let mut buf = vec![0u8; 1024];
-    let n = loop {
-        match rustix::fs::listxattr(path.as_c_str(), &mut buf[..]) {
-            Ok(n) => break n,
-            Err(RErrno::RANGE) => {
-                let n: usize = rustix::fs::listxattr(path.as_c_str(), &mut [0u8; 0][..])?;
-                buf.resize(n.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    Ok(buf[..n]
+    let list = sized(|buf| rustix::fs::listxattr(path.as_c_str(), buf))?;
+    Ok(list
         .split(|b| *b == 0)
         .filter(|s| !s.is_empty())
         .map(|s| OsStr::from_bytes(s).to_os_string())
@@ -291,42 +288,13 @@ pub fn xattr_list(fd: BorrowedFd<'_>) -> Result<Vec<OsString>, RErrno> {
 /// # Errors
 /// `EINVAL` for a name that is not a single component, or the errno of the call.
 pub fn xattr_names_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Vec<u8>, RErrno> {
-    if name.as_bytes().contains(&b'/') || name.is_empty() {
-        return Err(RErrno::INVAL);
+    let cname = component(name)?;
+    match sized(|buf| listxattrat(dir, &cname, buf).unwrap_or(Err(RErrno::NOSYS))) {
+        Err(RErrno::NOSYS) => {}
+        r => return r,
     }
-    let cname = CString::new(name.as_bytes()).map_err(|_| RErrno::INVAL)?;
-    let mut buf = vec![0u8; 256];
-    loop {
-        match listxattrat(dir, &cname, &mut buf) {
-            Some(Ok(n)) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Some(Err(RErrno::RANGE)) => {
-                let n = listxattrat(dir, &cname, &mut []).unwrap_or(Err(RErrno::NOSYS))?;
-                buf.resize(n.max(buf.len() * 2), 0);
-            }
-            Some(Err(e)) => return Err(e),
-            None => break,
-        }
-    }
-    let mut path = fd_path(dir).into_bytes();
-    path.push(b'/');
-    path.extend_from_slice(name.as_bytes());
-    let path = CString::new(path).map_err(|_| RErrno::INVAL)?;
-    loop {
-        match rustix::fs::llistxattr(path.as_c_str(), &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(RErrno::RANGE) => {
-                let n: usize = rustix::fs::llistxattr(path.as_c_str(), &mut [0u8; 0][..])?;
-                buf.resize(n.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let path = entry_path(dir, name)?;
+    sized(|buf| rustix::fs::llistxattr(path.as_c_str(), buf))
 }
 
 /// Whether `listxattrat(2)` may be there (cleared at its first `ENOSYS`).

@@ -37,6 +37,7 @@ use crate::sys;
 pub use file::{DirHandle, OpenFile, ReadBuf, SetAttr};
 use inode::{DirLayer, Inodes, Node, NodeKind, ROOT_ID};
 pub use layer::{LayerIdx, Stack, StackPaths};
+pub use lookup::DirEntry;
 
 /// The longest name a directory entry may have.
 pub const NAME_MAX: usize = 255;
