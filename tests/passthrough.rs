@@ -323,3 +323,36 @@ fn lookups_and_listings_go_on_while_a_large_file_is_copied_up() {
     assert!(!finished_first, "the calls waited for the copy-up");
     assert_eq!(fs::metadata(m.path("big")).unwrap().len(), (256 << 20) + 1);
 }
+
+#[test]
+fn more_files_than_the_usual_soft_descriptor_limit_stay_open() {
+    let s = Scratch::new();
+    for i in 0..1500 {
+        put(&s.lower(0).join(format!("f{i}")), "x");
+    }
+    // The daemon starts with a soft limit of 1024 and raises it to the hard one.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(1 << 20);
+    assert!(
+        hard >= 4096,
+        "the hard limit ({hard}) is too low for this test"
+    );
+    let out = Command::new("prlimit")
+        .arg(format!("--nofile=1024:{hard}"))
+        .arg(strata_bin())
+        .args(["-o", &s.opts(1)])
+        .arg(s.mnt())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = StrataMount::adopt(&s.mnt());
+    let files: Vec<fs::File> = (0..1500)
+        .map(|i| fs::File::open(m.path(&format!("f{i}"))).unwrap())
+        .collect();
+    assert_eq!(files.len(), 1500);
+}

@@ -266,6 +266,11 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
     }
     // The daemon applies exact modes; the kernel already applied the caller's umask.
     sys::set_umask(0);
+    // Every file open through the mount holds a descriptor in the daemon: the usual soft
+    // limit of 1024 would refuse opens long before the system does.
+    if let Err(e) = sys::raise_fd_limit() {
+        log::warn!("cannot raise the open file limit: {e}");
+    }
     sys::block_termination_signals().map_err(os("signal mask"))?;
     if let Some(w) = &paths.work {
         clean_work(w)?;

@@ -639,6 +639,22 @@ pub fn set_umask(mask: u32) -> u32 {
     rustix::process::umask(Mode::from_raw_mode(mask)).bits()
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (`setrlimit(2)`); returns
+/// the new limit. A daemon holds a descriptor for every file open through its mount.
+///
+/// # Errors
+/// The errno of `setrlimit`.
+pub fn raise_fd_limit() -> Result<u64, RErrno> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    setrlimit(Resource::Nofile, raised)?;
+    Ok(lim.maximum.unwrap_or(u64::MAX))
+}
+
 /// Safe wrapper for `dup2(2)` onto a standard descriptor (0, 1 or 2).
 ///
 /// # Errors
