@@ -73,7 +73,7 @@ impl OpenModes {
         match &io.backing {
             Some((id, l)) if Some(*l) == layer => return Mode::Passthrough(Arc::clone(id)),
             // Page-cache opens are live: this one must join them.
-            None if io.opens > 1 => return self.cached(union, fh),
+            None if io.opens > 1 => return self.cached(union, layer),
             // Either no open is live, or (`passthrough=all` only) the data moved up since
             // the live opens were passed the lower file: never hand a lower file to this
             // open. A new backing file is registered; the kernel refuses the open (EIO)
@@ -81,7 +81,7 @@ impl OpenModes {
             _ => {}
         }
         let Some(which) = self.passthrough else {
-            return self.cached(union, fh);
+            return self.cached(union, layer);
         };
         let registered = union.with_settled_fd(fh, which == Passthrough::All, register);
         match (registered, layer) {
@@ -94,18 +94,18 @@ impl OpenModes {
                 // A layer on a stacking filesystem (overlayfs, another passthrough FUSE
                 // mount) is refused by the kernel: that file goes through the page cache.
                 log::debug!("no passthrough for inode {ino}: {e}");
-                self.cached(union, fh)
+                self.cached(union, layer)
             }
-            _ => self.cached(union, fh),
+            _ => self.cached(union, layer),
         }
     }
 
     /// Cached pages stay right while the data is in a lower layer (it never changes
     /// there), or when nothing is passed through (every change then goes through the
     /// page cache); otherwise a passthrough write may have changed the file behind them.
-    fn cached(&self, union: &Union, fh: u64) -> Mode {
+    fn cached(&self, union: &Union, layer: Option<LayerIdx>) -> Mode {
         Mode::Cached {
-            keep_cache: self.passthrough.is_none() || union.is_lower_data(fh),
+            keep_cache: self.passthrough.is_none() || layer.is_some_and(|l| union.is_lower(l)),
         }
     }
 

@@ -334,7 +334,7 @@ impl Union {
     ) -> Option<R> {
         let file = self.file(fh).ok()?;
         let b = file.backing.read();
-        let settled = !self.stack.has_upper() || self.stack.is_upper(b.0) || lower;
+        let settled = !self.stack.has_upper() || !self.is_lower(b.0) || lower;
         settled.then(|| f(b.1.as_fd()))
     }
 
@@ -343,12 +343,9 @@ impl Union {
         self.file(fh).ok().map(|f| f.backing.read().0)
     }
 
-    /// Whether the data behind handle `fh` sits in a lower layer (and so never changes
-    /// while it stays there).
-    pub fn is_lower_data(&self, fh: u64) -> bool {
-        self.file(fh)
-            .map(|f| !self.stack.is_upper(f.backing.read().0))
-            .unwrap_or(false)
+    /// Whether layer `l` is a lower one (whose files never change).
+    pub fn is_lower(&self, l: LayerIdx) -> bool {
+        !self.stack.is_upper(l)
     }
 
     /// Closes handle `fh`.
