@@ -4,17 +4,15 @@
 //! An entry name is a relative path of plain components (`./` prefixes and `.` components
 //! are dropped, empty components collapse); `..`, absolute names and NUL bytes are refused.
 //! A hard link's target follows the same rules. A symlink may point anywhere *inside* the
-//! layer: an absolute target is read from the layer root (as the container will see it), a
-//! relative one from the link's directory, and one whose `..` climbs above the root is
-//! refused. The OCI whiteout names are recognized here too.
+//! layer: an absolute target is read from the layer root (as the container will see it,
+//! where `/..` is `/`), a relative one from the link's directory, and a relative one whose
+//! `..` climbs above the root is refused. The OCI whiteout names are recognized here too.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-/// The prefix of an OCI whiteout entry, and the name of an opaque-directory marker.
-pub const WH_PREFIX: &str = ".wh.";
-pub const WH_OPAQUE: &str = ".wh..wh..opq";
+use crate::union::layer::{WH_OPAQUE, WH_PREFIX};
 
 /// What is wrong with a name in a tar.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -96,10 +94,10 @@ pub enum Marker {
 /// Reads the OCI whiteout convention from an entry's file name.
 pub fn marker(file_name: &OsStr) -> Marker {
     let b = file_name.as_bytes();
-    if b == WH_OPAQUE.as_bytes() {
+    if b == WH_OPAQUE {
         return Marker::Opaque;
     }
-    match b.strip_prefix(WH_PREFIX.as_bytes()) {
+    match b.strip_prefix(WH_PREFIX) {
         Some(rest) if !rest.is_empty() => Marker::Whiteout(OsStr::from_bytes(rest).to_os_string()),
         _ => Marker::Plain,
     }
