@@ -649,3 +649,20 @@ fn regress_chown_nothing_of_a_set_gid_file_by_another_user() {
         ],
     );
 }
+
+/// Found by seed 490726718723: futimens through a descriptor of a removed lower directory
+/// whose name now holds a new directory with an entry (the kernel's copy-up attempt fails
+/// with ENOTEMPTY; strata ENOENT: `removed-lower-fd-change`).
+#[test]
+fn regress_futimens_of_a_removed_lower_dir_replaced_by_a_full_one() {
+    replay(
+        &["L0 dir d opq", "L0 fifo f"],
+        &[
+            "opendir 1 d",
+            "rmdir d",
+            "mkdir d 1777",
+            "link f d/zz",
+            "futimens 1 now now",
+        ],
+    );
+}

@@ -23,7 +23,8 @@
 //! - `removed-lower-fd-change`: changing metadata (`fchmod`, `fchown`, `futimens`,
 //!   `fsetxattr`) through a descriptor of a lower file or directory whose name is gone fails
 //!   on both: a lower layer is never written. The kernel tries a copy-up and fails with
-//!   `EEXIST` (the whiteout is in the way), `EIO` or `ENOTDIR`; strata answers `ENOENT`.
+//!   `EEXIST` (the whiteout is in the way), `EIO`, `ENOTDIR` or `ENOTEMPTY` (a new directory
+//!   with entries took the name); strata answers `ENOENT`.
 //!
 //! - `kernel-copy-up-over-a-new-name` (a kernel bug, strata is right): changing metadata
 //!   through a descriptor of a lower special file (a fifo) whose name was removed, or now
@@ -297,7 +298,7 @@ pub fn step(step: &Step, s: &Res, k: &Res, cx: &StepCtx) -> Verdict {
     );
     if let (true, true, Err(libc::ENOENT)) = (fd_change, gone, s) {
         match k {
-            Err(libc::EEXIST | libc::EIO | libc::ENOTDIR) => {
+            Err(libc::EEXIST | libc::EIO | libc::ENOTDIR | libc::ENOTEMPTY) => {
                 return Verdict::Accepted("removed-lower-fd-change")
             }
             Ok(_) => return Verdict::AcceptedStop("kernel-copy-up-over-a-new-name"),
