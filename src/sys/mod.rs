@@ -256,12 +256,22 @@ fn getxattrat(
             std::mem::size_of::<XattrArgs>(),
         )
     };
+    new_call_result(r, &HAS_GETXATTRAT)
+}
+
+/// The result of a system call newer than the oldest kernel strata runs on: the count it
+/// returned, its errno, or `None` (and `has` cleared, so it is not tried again) when the
+/// kernel lacks it.
+fn new_call_result(
+    r: libc::c_long,
+    has: &std::sync::atomic::AtomicBool,
+) -> Option<Result<usize, RErrno>> {
     if r >= 0 {
         return Some(Ok(usize::try_from(r).unwrap_or(0)));
     }
     let e = RErrno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
     if e == RErrno::NOSYS {
-        HAS_GETXATTRAT.store(false, Ordering::Relaxed);
+        has.store(false, std::sync::atomic::Ordering::Relaxed);
         return None;
     }
     Some(Err(e))
@@ -320,15 +330,7 @@ fn listxattrat(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> Option<Resul
             buf.len(),
         )
     };
-    if r >= 0 {
-        return Some(Ok(usize::try_from(r).unwrap_or(0)));
-    }
-    let e = RErrno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    if e == RErrno::NOSYS {
-        HAS_LISTXATTRAT.store(false, Ordering::Relaxed);
-        return None;
-    }
-    Some(Err(e))
+    new_call_result(r, &HAS_LISTXATTRAT)
 }
 
 /// Safe wrapper for `setxattr(2)` on the inode behind `fd`.
