@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[test]
 fn walking_more_entries_than_the_table_holds_makes_the_kernel_forget_and_stays_right() {
@@ -17,24 +17,10 @@ fn walking_more_entries_than_the_table_holds_makes_the_kernel_forget_and_stays_r
             fs::File::create(dir.join(format!("f{f:04}"))).unwrap();
         }
     }
-    let log = s.path("daemon.log");
-    let mut child = Command::new(strata_bin())
-        .args(["-d", "-o", &s.opts(1)])
-        .arg(s.mnt())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mounted_in_time = wait_for(20, || mounted(&s.mnt()));
-    if !mounted_in_time {
-        child.kill().unwrap();
-        child.wait().unwrap();
-        panic!("strata -d did not mount {}", s.mnt().display());
-    }
-    let m = StrataMount::adopt(&s.mnt());
+    let m = LoggedMount::new(&s, "");
     let walk = || {
         let out = Command::new("find")
-            .arg(&m.mnt)
+            .arg(s.mnt())
             .args(["-printf", "%s %i\n"])
             .output()
             .unwrap();
@@ -47,18 +33,13 @@ fn walking_more_entries_than_the_table_holds_makes_the_kernel_forget_and_stays_r
     let want = 1 + dirs * (1 + files);
     assert_eq!(walk(), want);
     // The table's thread asks the kernel for forgets a little after the walk passed.
-    let forgot = wait_for(20, || {
-        fs::read_to_string(&log)
-            .map(|l| l.contains("FORGET"))
-            .unwrap_or(false)
-    });
+    let forgot = wait_for(20, || m.log().contains("FORGET"));
     // Every name still leads to its file after the kernel dropped some of them.
     assert_eq!(walk(), want);
     for d in [0, dirs / 2, dirs - 1] {
-        let p = m.path(&format!("d{d:03}/f0000"));
+        let p = s.mnt().join(format!("d{d:03}/f0000"));
         assert!(fs::metadata(&p).unwrap().is_file(), "{}", p.display());
     }
-    drop(m);
-    child.wait().unwrap();
+    m.finish();
     assert!(forgot, "the kernel was never asked to forget entries");
 }

@@ -10,66 +10,8 @@ use common::*;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-/// A strata daemon in the foreground with `-d`, its log in a file; unmounted (and the
-/// daemon waited for) on Drop.
-struct LoggedMount {
-    child: Child,
-    log: PathBuf,
-    mount: Option<StrataMount>,
-}
-
-impl LoggedMount {
-    fn new(s: &Scratch, extra: &str) -> LoggedMount {
-        let log = s.path("daemon.log");
-        let opts = match extra {
-            "" => s.opts(1),
-            _ => format!("{},{extra}", s.opts(1)),
-        };
-        let child = Command::new(strata_bin())
-            .args(["-d", "-o", &opts])
-            .arg(s.mnt())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut m = LoggedMount {
-            child,
-            log,
-            mount: None,
-        };
-        assert!(
-            wait_for(20, || mounted(&s.mnt())),
-            "strata -d did not mount {}",
-            s.mnt().display()
-        );
-        m.mount = Some(StrataMount::adopt(&s.mnt()));
-        m
-    }
-
-    /// Unmounts, waits for the daemon, and returns its log.
-    fn finish(mut self) -> String {
-        self.mount.take();
-        self.child.wait().unwrap();
-        fs::read_to_string(&self.log).unwrap()
-    }
-}
-
-impl Drop for LoggedMount {
-    fn drop(&mut self) {
-        if self.mount.take().is_none() && matches!(self.child.try_wait(), Ok(None)) {
-            // Never mounted (or finished): do not wait for a daemon that will not end.
-            if let Err(e) = self.child.kill() {
-                eprintln!("killing the strata daemon: {e}");
-            }
-        }
-        if let Err(e) = self.child.wait() {
-            eprintln!("waiting for the strata daemon: {e}");
-        }
-    }
-}
+use std::path::Path;
+use std::process::Command;
 
 /// The inode number the daemon's log uses for `p` (the node id is the inode number).
 fn node(p: &Path) -> String {

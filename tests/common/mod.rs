@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The strata binary under test.
@@ -623,5 +623,69 @@ pub fn has_data(p: &Path) -> bool {
         Ok(_) => true,
         Err(rustix::io::Errno::NXIO) => false,
         Err(e) => panic!("SEEK_DATA on {}: {e}", p.display()),
+    }
+}
+
+/// A strata daemon in the foreground with `-d` (every request logged), over lower 0 of
+/// `s` (plus mount options `extra`), its log in a file; unmounted (and the daemon waited
+/// for) on Drop.
+pub struct LoggedMount {
+    child: Child,
+    log: PathBuf,
+    mount: Option<StrataMount>,
+}
+
+impl LoggedMount {
+    pub fn new(s: &Scratch, extra: &str) -> LoggedMount {
+        let log = s.path("daemon.log");
+        let opts = match extra {
+            "" => s.opts(1),
+            _ => format!("{},{extra}", s.opts(1)),
+        };
+        let child = Command::new(strata_bin())
+            .args(["-d", "-o", &opts])
+            .arg(s.mnt())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = LoggedMount {
+            child,
+            log,
+            mount: None,
+        };
+        assert!(
+            wait_for(20, || mounted(&s.mnt())),
+            "strata -d did not mount {}",
+            s.mnt().display()
+        );
+        m.mount = Some(StrataMount::adopt(&s.mnt()));
+        m
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Unmounts, waits for the daemon, and returns its log.
+    pub fn finish(mut self) -> String {
+        self.mount.take();
+        self.child.wait().unwrap();
+        fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for LoggedMount {
+    fn drop(&mut self) {
+        if self.mount.take().is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            // Never mounted (or finished): do not wait for a daemon that will not end.
+            if let Err(e) = self.child.kill() {
+                eprintln!("killing the strata daemon: {e}");
+            }
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("waiting for the strata daemon: {e}");
+        }
     }
 }
