@@ -3,7 +3,9 @@
 //! layout with its lock, atomic writes and checked blobs, image configs, and the checks on
 //! a layer tar's names.
 
+pub mod diff;
 pub mod layout;
 pub mod oci;
 pub mod reference;
 pub mod tarpath;
+pub mod unpack;
