@@ -5,9 +5,11 @@
 //! `strata SOURCE MNT -o …` (as `mount.fuse3` calls a `fuse.strata` type). [`normalize`]
 //! turns those forms into `strata mount …` before clap parses anything.
 
+pub mod image;
 pub mod mount;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -15,23 +17,66 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about, long_about = None)]
 pub struct Cli {
+    /// The image store (default /var/lib/strata for root, $XDG_DATA_HOME/strata otherwise).
+    #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Mount a layer stack (fuse-overlayfs compatible options).
+    /// Mount a layer stack (fuse-overlayfs options) or an image of the store (IMAGE MOUNTPOINT).
     Mount(mount::MountArgs),
-    /// Unmount a strata mount.
+    /// Unmount a strata mount (by mountpoint, or a store mount by id).
     #[command(alias = "unmount")]
     Umount(mount::UmountArgs),
+    /// Make a single-layer image from a directory or a layer tar.
+    Import(image::ImportArgs),
+    /// List images.
+    Images(image::ImagesArgs),
+    /// Show images as JSON.
+    Inspect(image::InspectArgs),
+    /// Show an image's history.
+    History(image::HistoryArgs),
+    /// Give an image another name.
+    Tag(image::TagArgs),
+    /// Remove images.
+    Rmi(image::RmiArgs),
+    /// Make a new image from a mount's changes.
+    Commit(image::CommitArgs),
+    /// List the mounts of images.
+    Ps(image::PsArgs),
+    /// Remove mounts of images (and their changes).
+    Rm(image::RmArgs),
+    /// Verify the store; --repair fixes what can be fixed.
+    Check(image::CheckArgs),
+    /// Write an image as an OCI image layout directory.
+    #[command(name = "export-oci")]
+    ExportOci(image::ExportArgs),
+    /// Manage images (docker's aliases: ls, rm, prune, inspect, history, tag, import).
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
 }
 
 const SUBCOMMANDS: &[&str] = &[
     "mount",
     "umount",
     "unmount",
+    "import",
+    "images",
+    "inspect",
+    "history",
+    "tag",
+    "rmi",
+    "commit",
+    "ps",
+    "rm",
+    "check",
+    "export-oci",
+    "image",
     "help",
     "-h",
     "--help",
@@ -41,14 +86,22 @@ const SUBCOMMANDS: &[&str] = &[
 
 /// Rewrites the fuse-overlayfs call forms into `strata mount …`.
 pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
-    match args.get(1) {
+    // Skip the global `--root DIR` / `--root=DIR` before the subcommand.
+    let mut i = 1;
+    while let Some(a) = args.get(i) {
+        if a == "--root" {
+            i += 2;
+        } else if a.to_string_lossy().starts_with("--root=") {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    match args.get(i) {
         Some(first) if SUBCOMMANDS.iter().any(|s| first == s) => args,
         Some(_) => {
-            let mut out = Vec::with_capacity(args.len() + 1);
-            let mut it = args.into_iter();
-            out.extend(it.next());
-            out.push("mount".into());
-            out.extend(it);
+            let mut out = args;
+            out.insert(i, "mount".into());
             out
         }
         None => args,
@@ -60,9 +113,31 @@ pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
 /// # Errors
 /// Whatever the command reports; `main` prints it and exits non-zero.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = cli.root.unwrap_or_else(crate::store::layout::default_root);
+    let root = root.as_path();
     match cli.command {
-        Command::Mount(a) => mount::mount(a),
-        Command::Umount(a) => mount::umount(a),
+        Command::Mount(a) => mount::mount(a, root),
+        Command::Umount(a) => mount::umount(a, root),
+        Command::Import(a) => image::import(root, a),
+        Command::Images(a) => image::images(root, a),
+        Command::Inspect(a) => image::inspect(root, a),
+        Command::History(a) => image::history(root, a),
+        Command::Tag(a) => image::tag(root, a),
+        Command::Rmi(a) => image::rmi(root, a),
+        Command::Commit(a) => image::commit(root, a),
+        Command::Ps(a) => image::ps(root, a),
+        Command::Rm(a) => image::rm(root, a),
+        Command::Check(a) => image::check(root, a),
+        Command::ExportOci(a) => image::export(root, a),
+        Command::Image { command } => match command {
+            image::ImageCommand::Ls(a) => image::images(root, a),
+            image::ImageCommand::Rm(a) => image::rmi(root, a),
+            image::ImageCommand::Prune(a) => image::prune(root, a),
+            image::ImageCommand::Inspect(a) => image::inspect(root, a),
+            image::ImageCommand::History(a) => image::history(root, a),
+            image::ImageCommand::Tag(a) => image::tag(root, a),
+            image::ImageCommand::Import(a) => image::import(root, a),
+        },
     }
 }
 
@@ -91,6 +166,14 @@ mod tests {
         assert_eq!(
             normalize(v(&["strata", "--help"])),
             v(&["strata", "--help"])
+        );
+        assert_eq!(
+            normalize(v(&["strata", "--root", "/r", "images"])),
+            v(&["strata", "--root", "/r", "images"])
+        );
+        assert_eq!(
+            normalize(v(&["strata", "--root=/r", "-o", "x", "/m"])),
+            v(&["strata", "--root=/r", "mount", "-o", "x", "/m"])
         );
     }
 
