@@ -190,7 +190,7 @@ mod tests {
             secs: 1_795_820_405,
             nanos: 123_450_000,
         };
-        assert_eq!(t.rfc3339(), "2026-11-27T21:26:45.12345Z");
+        assert_eq!(t.rfc3339(), "2026-11-27T23:00:05.12345Z");
         assert_eq!(Timestamp::parse(&t.rfc3339()), Some(t));
         assert_eq!(
             Timestamp { secs: 0, nanos: 0 }.rfc3339(),
