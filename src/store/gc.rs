@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::index::{hex_of, Index};
+use super::layout::crash_point;
 use super::reference::{Digest, ImageRef};
 use super::unpack::{self, Limits};
 use super::{familiar, io_err, short_id, ImageError, Store};
@@ -165,7 +166,9 @@ impl Store {
             .collect();
         idx.layers.retain(|k, _| used.contains(k));
         self.sync()?;
+        crash_point();
         idx.save(&self.layout)?;
+        crash_point();
         let mut freed = 0;
         let gone = before
             .images
@@ -186,6 +189,7 @@ impl Store {
             for p in paths {
                 freed += tree_size(&p);
                 remove_path(&p).map_err(io_err(&p))?;
+                crash_point();
             }
         }
         Ok(freed)
@@ -238,6 +242,7 @@ impl Store {
                 None => {
                     freed += tree_size(&p);
                     remove_path(&p).map_err(io_err(&p))?;
+                    crash_point();
                 }
             }
         }

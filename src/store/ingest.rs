@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::diff::{self, Source};
 use super::index::{ImageRecord, LayerRecord};
+use super::layout::crash_point;
 use super::oci::{History, ImageConfig, RootFs, RunConfig};
 use super::reference::{Digest, ImageRef};
 use super::time::Timestamp;
@@ -236,6 +237,7 @@ impl Store {
         };
         produce(&mut w)?;
         w.flush().map_err(io_err(&tar))?;
+        crash_point();
         let Hashing {
             hash,
             len: tar_size,
@@ -261,6 +263,7 @@ impl Store {
                 source,
             }
         })?;
+        crash_point();
         Ok(StagedLayer {
             stage,
             diff_id,
@@ -301,12 +304,14 @@ impl Store {
             }
             let blob = self.layout.blob_path(&layer.diff_id);
             fs::rename(layer.tar(), &blob).map_err(io_err(&blob))?;
+            crash_point();
             let dir = self.layer_dir(&key);
             if dir.exists() {
                 // Left by an interrupted command before it was named: garbage.
                 fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
             }
             fs::rename(layer.root(), &dir).map_err(io_err(&dir))?;
+            crash_point();
             slot.insert(layer.record);
         }
         let id = self.layout.put_blob(&config_bytes)?.to_string();
@@ -324,7 +329,9 @@ impl Store {
             idx.tags.insert(t.to_string(), id.clone());
         }
         self.sync()?;
+        crash_point();
         idx.save(&self.layout)?;
+        crash_point();
         Ok(id)
     }
 

@@ -160,8 +160,11 @@ impl Layout {
         let written = (|| -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(data)?;
+            crash_point();
             f.sync_all()?;
+            crash_point();
             fs::rename(&tmp, &dst)?;
+            crash_point();
             fs::File::open(dir)?.sync_all()
         })();
         if let Err(e) = written {
@@ -214,6 +217,21 @@ impl Layout {
             });
         }
         Ok(data)
+    }
+}
+
+/// A point where a crash must leave the store consistent. With `STRATA_CRASH_AT=N` in
+/// the environment, the process kills itself (SIGKILL) at the N-th such point it reaches:
+/// the crash tests walk N over every point of a command.
+pub fn crash_point() {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static REACHED: AtomicU64 = AtomicU64::new(0);
+    let Some(at) = *AT.get_or_init(|| std::env::var("STRATA_CRASH_AT").ok()?.parse().ok()) else {
+        return;
+    };
+    if REACHED.fetch_add(1, Ordering::SeqCst) + 1 == at {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
 
