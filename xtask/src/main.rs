@@ -340,9 +340,93 @@ fn demo() -> Result {
     step(&format!("strata umount {}", merged.display()));
     run(Command::new(&strata).arg("umount").arg(&merged))?;
     drop(guard);
+    demo_store(&strata, &scratch, &lowerdir)?;
     println!(
-        "\nDone. The layers are in layers/build/, the upper directory in {}.",
-        upper.display()
+        "\nDone. The layers are in layers/build/, the upper directory in {}, the image store in {}.",
+        upper.display(),
+        scratch.join("store").display()
     );
+    Ok(())
+}
+
+/// The image store part of the demo: the sample layers become `demo:latest`, a mount of it
+/// is changed and committed as `demo:v2`, then images, history and prune.
+fn demo_store(strata: &Path, scratch: &Path, lowerdir: &str) -> Result {
+    let store = scratch.join("store");
+    let sh = |args: &[&str]| -> Result {
+        step(&format!("strata {}", args.join(" ")));
+        run(Command::new(strata).arg("--root").arg(&store).args(args))
+    };
+    let out = |args: &[&str]| -> std::result::Result<String, String> {
+        step(&format!("strata {}", args.join(" ")));
+        let o = Command::new(strata)
+            .arg("--root")
+            .arg(&store)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!(
+                "strata {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        let s = String::from_utf8_lossy(&o.stdout).into_owned();
+        print!("{s}");
+        Ok(s.trim().to_string())
+    };
+    println!(
+        "\n== the image store ({}; STRATA_ROOT or --root)",
+        store.display()
+    );
+    // The merged view of the sample layers (read-only: no upper) is the image's one layer.
+    let view = scratch.join("view");
+    let image_mnt = scratch.join("image");
+    for d in [&view, &image_mnt] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    step(&format!(
+        "strata mount -o lowerdir=… {}    # read-only",
+        view.display()
+    ));
+    run(Command::new(strata)
+        .args(["mount", "-o", &format!("lowerdir={lowerdir}")])
+        .arg(&view))?;
+    let guard = DemoMount(view.clone());
+    let view_s = view.display().to_string();
+    sh(&["import", "-m", "the sample layers", &view_s, "demo:latest"])?;
+    run(Command::new(strata).arg("umount").arg(&view))?;
+    drop(guard);
+
+    let mnt_s = image_mnt.display().to_string();
+    let id = out(&["mount", "demo:latest", &mnt_s])?;
+    let guard = DemoMount(image_mnt.clone());
+    step("echo 'committed by the demo' > image/etc/motd; rm image/notes.txt 2>/dev/null; mkdir image/srv");
+    std::fs::write(image_mnt.join("etc/motd"), "committed by the demo\n")
+        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(image_mnt.join("srv")).map_err(|e| e.to_string())?;
+    sh(&["commit", "-m", "a first try", &id, "demo:v2"])?;
+    step("echo hello > image/srv/hello    # one more change, committed under the same tag");
+    std::fs::write(image_mnt.join("srv/hello"), "hello\n").map_err(|e| e.to_string())?;
+    sh(&[
+        "commit",
+        "-m",
+        "motd and srv/hello",
+        "-a",
+        "The Demo <demo@example.com>",
+        "-c",
+        "CMD [\"/bin/sh\"]",
+        &id,
+        "demo:v2",
+    ])?;
+    sh(&["ps"])?;
+    sh(&["images"])?;
+    sh(&["history", "demo:v2"])?;
+    sh(&["umount", &id[..12]])?;
+    drop(guard);
+    sh(&["rm", &id[..12]])?;
+    sh(&["image", "prune", "-f"])?;
+    sh(&["images"])?;
+    sh(&["check"])?;
     Ok(())
 }
