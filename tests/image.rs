@@ -335,7 +335,7 @@ fn a_commit_of_a_live_mount_never_holds_a_half_written_file() {
                 let buf = vec![b'a' + n % 26; 4 << 20];
                 f.write_all_at(&buf, 0).unwrap();
                 n = n.wrapping_add(1);
-                std::thread::sleep(std::time::Duration::from_millis(3));
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         })
     };

@@ -533,6 +533,24 @@ fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> io::Result<usize>
     Ok(done)
 }
 
+/// How long after its last change a file is taken to be quiet: longer than one write call
+/// takes, with the timestamp granularity of the filesystem on top.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long to wait before a file changed less than [`SETTLE`] ago can be trusted to hold
+/// no write in progress; `None` when it has been quiet long enough. (Only the first file of
+/// a freshly written tree waits: the wait lets everything changed before it settle.)
+fn unsettled(st: &sys::Stat) -> Option<std::time::Duration> {
+    let changed = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            u64::try_from(st.st_ctime).unwrap_or(0),
+            u32::try_from(st.st_ctime_nsec).unwrap_or(0),
+        );
+    // A change stamped in the future means the clock was set back: nothing to wait for.
+    let age = std::time::SystemTime::now().duration_since(changed).ok()?;
+    (age < SETTLE).then(|| SETTLE - age)
+}
+
 /// What must not move while a file is read: size, mtime and ctime.
 fn stamp(st: &sys::Stat) -> (i64, i64, u64, i64, u64) {
     (
@@ -623,6 +641,12 @@ impl Writer<'_> {
             let after = sys::stat_fd(fd.as_fd())?;
             let again = src.meta_again(fd.as_fd(), &meta)?;
             if whole && stamp(&before) == stamp(&after) && again == meta {
+                if let Some(wait) = unsettled(&after) {
+                    // A write that began just before `before` may still have been copying
+                    // its data while the file was read (the kernel stamps the times first).
+                    std::thread::sleep(wait);
+                    continue;
+                }
                 self.tar.entry(name, &meta, &Body::File(size), xattrs)?;
                 self.data.write_to(&mut self.tar)?;
                 self.tar.stats.bytes += size;
