@@ -488,7 +488,11 @@ fn inspect_one(store: &Store, idx: &Index, input: &str) -> anyhow::Result<Inspec
         .map(|l| store.layer_dir(l).display().to_string())
         .collect();
     Ok(Inspect {
-        repo_tags: idx.tags_of(&id).iter().map(|t| familiar(t)).collect(),
+        repo_tags: {
+            let mut t: Vec<String> = idx.tags_of(&id).iter().map(|t| familiar(t)).collect();
+            t.sort();
+            t
+        },
         repo_digests: Vec::new(),
         parent: rec.parent.clone().unwrap_or_default(),
         comment: config
