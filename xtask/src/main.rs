@@ -353,12 +353,22 @@ fn demo() -> Result {
 /// is changed and committed as `demo:v2`, then images, history and prune.
 fn demo_store(strata: &Path, scratch: &Path, lowerdir: &str) -> Result {
     let store = scratch.join("store");
+    let shown = |args: &[&str]| -> String {
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| match a.contains([' ', '"', '<', '>']) {
+                true => format!("'{a}'"),
+                false => (*a).to_string(),
+            })
+            .collect();
+        format!("strata {}", quoted.join(" "))
+    };
     let sh = |args: &[&str]| -> Result {
-        step(&format!("strata {}", args.join(" ")));
+        step(&shown(args));
         run(Command::new(strata).arg("--root").arg(&store).args(args))
     };
     let out = |args: &[&str]| -> std::result::Result<String, String> {
-        step(&format!("strata {}", args.join(" ")));
+        step(&shown(args));
         let o = Command::new(strata)
             .arg("--root")
             .arg(&store)
