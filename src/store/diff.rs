@@ -30,9 +30,11 @@
 //!
 //! Consistency: a tar entry cannot be taken back once its header is out, so a file's data
 //! is first taken into a snapshot and only then written: files up to [`MEM_MAX`] into a
-//! reused memory buffer, larger ones into an anonymous `O_TMPFILE` spool in the temporary
-//! directory (`$TMPDIR`; reflinked where that filesystem is the file's, else copied in
-//! the kernel). The file is `fstat`ed before and after the copy (and, for a file read
+//! reused memory buffer, larger ones into an anonymous `O_TMPFILE` spool in the directory
+//! the caller names (the store's `tmp/`; reflinked where that filesystem is the file's,
+//! else copied in the kernel). A file changed less than [`SETTLE`] ago is taken again
+//! once it has been quiet that long: a write in progress when the copy began stamped the
+//! times before it, so only its age shows it. The file is `fstat`ed before and after the copy (and, for a file read
 //! through the union, its metadata asked again); the snapshot counts only if size, mtime
 //! and ctime (and the header fields) did not move and all the bytes were there; else it
 //! is taken again, [`TRIES`] times at most, then [`DiffError::Unstable`]. So the tar holds
@@ -51,7 +53,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 
@@ -117,16 +119,26 @@ const METACOPY_XATTRS: [&str; 2] = [layer::METACOPY_XATTR, "user.overlay.metacop
 /// A zero-size regular file with this xattr is a whiteout (kernels since 6.7).
 const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
 
-/// Writes the layer tar of `src` to `out` (the end-of-archive marker included).
+/// Writes the layer tar of `src` to `out` (the end-of-archive marker included); files too
+/// large to hold in memory are taken through an anonymous file in `spool`.
 ///
 /// # Errors
 /// See [`DiffError`].
-pub fn write_layer(src: &Source, out: &mut dyn Write) -> Result<DiffStats, DiffError> {
-    write_with(src, out, MEM_MAX)
+pub fn write_layer(
+    src: &Source,
+    spool: &Path,
+    out: &mut dyn Write,
+) -> Result<DiffStats, DiffError> {
+    write_with(src, spool, out, MEM_MAX)
 }
 
 /// [`write_layer`], with files above `mem_max` bytes going through the spool.
-fn write_with(src: &Source, out: &mut dyn Write, mem_max: u64) -> Result<DiffStats, DiffError> {
+fn write_with(
+    src: &Source,
+    spool: &Path,
+    out: &mut dyn Write,
+    mem_max: u64,
+) -> Result<DiffStats, DiffError> {
     let tree = match src {
         Source::Diff { upper, lowers } => Tree {
             kind: Kind::Diff,
@@ -150,6 +162,7 @@ fn write_with(src: &Source, out: &mut dyn Write, mem_max: u64) -> Result<DiffSta
         data: Snapshot {
             buf: Vec::new(),
             spool: None,
+            spool_dir: spool.to_path_buf(),
             mem_max,
             held: Held::Mem(0),
         },
@@ -443,8 +456,9 @@ enum Held {
 /// A regular file's data taken whole before any of it goes into the tar.
 struct Snapshot {
     buf: Vec<u8>,
-    /// An anonymous file in the temporary directory, made at the first large file.
+    /// An anonymous file in `spool_dir`, made at the first large file.
     spool: Option<OwnedFd>,
+    spool_dir: PathBuf,
     mem_max: u64,
     held: Held,
 }
@@ -464,9 +478,9 @@ impl Snapshot {
         let spool = match &self.spool {
             Some(s) => s,
             None => {
-                let dir = std::env::temp_dir();
+                let dir = &self.spool_dir;
                 let fd = rustix::fs::open(
-                    &dir,
+                    dir,
                     OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
@@ -1233,7 +1247,7 @@ mod tests {
 
     fn write(src: &Source) -> (Vec<u8>, DiffStats) {
         let mut out = Vec::new();
-        let stats = write_layer(src, &mut out).unwrap();
+        let stats = write_layer(src, &std::env::temp_dir(), &mut out).unwrap();
         (out, stats)
     }
 
@@ -1468,7 +1482,7 @@ mod tests {
         let src = Source::Base(root);
         let (mem, _) = write(&src);
         let mut spooled = Vec::new();
-        let stats = write_with(&src, &mut spooled, 0).unwrap();
+        let stats = write_with(&src, &std::env::temp_dir(), &mut spooled, 0).unwrap();
         assert_eq!(stats.bytes, big.len() as u64 + 10);
         assert!(mem == spooled, "the spool changed the bytes");
         assert_eq!(find(&read_tar(&spooled), "big").data, big);
@@ -1494,7 +1508,7 @@ mod tests {
         while fs::metadata(&path).unwrap().len() == 32 << 20 {
             std::thread::yield_now();
         }
-        let r = write_layer(&Source::Base(root), &mut io::sink());
+        let r = write_layer(&Source::Base(root), &std::env::temp_dir(), &mut io::sink());
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
         match r {

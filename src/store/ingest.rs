@@ -356,9 +356,10 @@ impl Store {
     ) -> Result<String, ImageError> {
         let meta = fs::metadata(src).map_err(io_err(src))?;
         let what = src.display().to_string();
+        let spool = self.root().join("tmp");
         let layer = if meta.is_dir() {
             self.stage_layer(&what, |w| {
-                diff::write_layer(&Source::Base(src.to_path_buf()), w)?;
+                diff::write_layer(&Source::Base(src.to_path_buf()), &spool, w)?;
                 Ok(())
             })?
         } else {
@@ -426,10 +427,11 @@ impl Store {
             .map(|d| self.layer_dir(d))
             .collect();
         let upper = self.mount_dir(&mid).join("upper");
+        let spool = self.root().join("tmp");
         let layer = self.stage_layer(
             &format!("the upper of mount {}", super::short_id(&mid)),
             |w| {
-                diff::write_layer(&Source::Diff { upper, lowers }, w)?;
+                diff::write_layer(&Source::Diff { upper, lowers }, &spool, w)?;
                 Ok(())
             },
         )?;
