@@ -476,6 +476,26 @@ fn prune_removes_dangling_images_and_with_all_every_unused_one() {
         st.ok(&["image", "prune", "-f"]).trim(),
         "Total reclaimed space: 0B"
     );
+    // Filters and the repository argument.
+    assert_eq!(
+        st.ok(&[
+            "images",
+            "--filter",
+            "reference=demo:v*",
+            "--format",
+            "{{.Tag}}"
+        ])
+        .trim(),
+        "v2"
+    );
+    assert_eq!(st.ok(&["images", "demo", "-q"]).lines().count(), 2);
+    assert_eq!(st.ok(&["images", "demo:latest", "-q"]).trim(), &base[7..19]);
+    assert_eq!(
+        st.ok(&["images", "--filter", "dangling=true"])
+            .lines()
+            .count(),
+        1
+    );
     // Without -f it asks, and "no" (or end of input) keeps everything.
     let out = Command::new(strata_bin())
         .arg("--root")
@@ -488,6 +508,18 @@ fn prune_removes_dangling_images_and_with_all_every_unused_one() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Are you sure"));
     assert_eq!(st.ok(&["images", "-q"]).lines().count(), 2);
 
+    // An untagged image with a child is an intermediate one: listed only with -a.
+    st.ok(&["tag", "demo", "keep:base"]);
+    assert_eq!(st.ok(&["rmi", "demo"]).trim(), "Untagged: demo:latest");
+    assert_eq!(
+        st.ok(&["rmi", "-f", "keep:base"]).trim(),
+        "Untagged: keep:base"
+    );
+    let listed = st.ok(&["images", "-q", "--no-trunc"]);
+    assert!(!listed.contains(&base), "{listed}");
+    let all = st.ok(&["images", "-a", "-q", "--no-trunc"]);
+    assert!(all.contains(&base), "{all}");
+    st.ok(&["tag", &base, "demo"]);
     // -a: every image no mount uses. The mount uses demo (the base), so it stays.
     let out = st.ok(&["image", "prune", "-a", "-f"]);
     assert!(

@@ -542,21 +542,14 @@ pub fn history(root: &Path, a: HistoryArgs) -> anyhow::Result<()> {
     let id = store.resolve(&idx, &a.image)?;
     let (_, config) = store.config(&id)?;
     let n = config.history.len();
-    // The newest row is the image; each local ancestor owns the row of its own newest entry.
-    let mut owner: Vec<Option<String>> = vec![None; n];
-    if n > 0 {
-        owner[n - 1] = Some(id.clone());
-    }
+    let mut ancestors = Vec::new();
     let mut parent = idx.images[&id].parent.clone();
     while let Some(p) = parent {
         let Ok((_, pc)) = store.config(&p) else { break };
-        let h = pc.history.len();
-        if h == 0 || h > n {
-            break;
-        }
-        owner[h - 1].get_or_insert(p.clone());
+        ancestors.push((p.clone(), pc.history.len()));
         parent = idx.images.get(&p).and_then(|r| r.parent.clone());
     }
+    let owner = history_owners(n, &id, &ancestors);
     let mut layer_sizes = config
         .rootfs
         .diff_ids
@@ -609,6 +602,23 @@ pub fn history(root: &Path, a: HistoryArgs) -> anyhow::Result<()> {
         &rows,
     );
     Ok(())
+}
+
+/// Which local image each history entry (oldest first) belongs to, as docker shows it: the
+/// newest entry is the image's, each local ancestor (nearest first, with its history
+/// length) owns its own newest entry, and the rest are `<missing>` (`None`).
+fn history_owners(n: usize, top: &str, ancestors: &[(String, usize)]) -> Vec<Option<String>> {
+    let mut owner: Vec<Option<String>> = vec![None; n];
+    if n > 0 {
+        owner[n - 1] = Some(top.to_string());
+    }
+    for (id, len) in ancestors {
+        if *len == 0 || *len > n {
+            break;
+        }
+        owner[len - 1].get_or_insert_with(|| id.clone());
+    }
+    owner
 }
 
 fn print_removals(out: &[Removal]) {
@@ -796,6 +806,20 @@ mod tests {
             render("table {{json .ID}} {{.X}}", &f),
             "\"abc\" <no value>"
         );
+    }
+
+    #[test]
+    fn history_rows_belong_to_the_image_its_ancestors_or_are_missing() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            history_owners(5, "b", &[("a".into(), 3)]),
+            vec![None, None, s("a"), None, s("b")]
+        );
+        assert_eq!(
+            history_owners(2, "b", &[("a".into(), 7)]),
+            vec![None, s("b")]
+        );
+        assert_eq!(history_owners(0, "b", &[]), Vec::<Option<String>>::new());
     }
 
     #[test]
