@@ -268,14 +268,23 @@ fn render(template: &str, fields: &BTreeMap<&str, Value>) -> String {
     out
 }
 
-/// Prints rows as `--format` asks: `None`/`table` → the table, `json` → one object per
-/// line, anything else a template per row.
+/// Prints rows: with `quiet` only their `ID`s; else as `--format` asks: `None`/`table` →
+/// the table, `json` → one object per line, anything else a template per row.
 fn print_rows(
+    quiet: bool,
     format: Option<&str>,
     headers: &[&str],
     cols: &[&str],
     rows: &[BTreeMap<&str, Value>],
 ) {
+    if quiet {
+        for r in rows {
+            if let Some(Value::String(id)) = r.get("ID") {
+                println!("{id}");
+            }
+        }
+        return;
+    }
     match format {
         None | Some("table") => {
             let cells: Vec<Vec<String>> = rows
@@ -430,15 +439,9 @@ pub fn images(root: &Path, a: ImagesArgs) -> anyhow::Result<()> {
         }
     }
     if a.quiet {
+        // One line per image, not per tag.
         let mut seen = std::collections::HashSet::new();
-        for r in &rows {
-            if let Some(Value::String(id)) = r.get("ID") {
-                if seen.insert(id.clone()) {
-                    println!("{id}");
-                }
-            }
-        }
-        return Ok(());
+        rows.retain(|r| seen.insert(r.get("ID").cloned()));
     }
     let (headers, cols): (Vec<&str>, Vec<&str>) = match a.digests {
         true => (
@@ -450,7 +453,7 @@ pub fn images(root: &Path, a: ImagesArgs) -> anyhow::Result<()> {
             vec!["Repository", "Tag", "ID", "CreatedSince", "Size"],
         ),
     };
-    print_rows(a.format.as_deref(), &headers, &cols, &rows);
+    print_rows(a.quiet, a.format.as_deref(), &headers, &cols, &rows);
     Ok(())
 }
 
@@ -587,15 +590,8 @@ pub fn history(root: &Path, a: HistoryArgs) -> anyhow::Result<()> {
         r.insert("Size", json!(human_size(sizes[i])));
         rows.push(r);
     }
-    if a.quiet {
-        for r in &rows {
-            if let Some(Value::String(id)) = r.get("ID") {
-                println!("{id}");
-            }
-        }
-        return Ok(());
-    }
     print_rows(
+        a.quiet,
         a.format.as_deref(),
         &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
         &["ID", "CreatedSince", "CreatedBy", "Size", "Comment"],
@@ -702,15 +698,8 @@ pub fn ps(root: &Path, a: PsArgs) -> anyhow::Result<()> {
         r.insert("Status", json!(status));
         rows.push(r);
     }
-    if a.quiet {
-        for r in &rows {
-            if let Some(Value::String(id)) = r.get("ID") {
-                println!("{id}");
-            }
-        }
-        return Ok(());
-    }
     print_rows(
+        a.quiet,
         a.format.as_deref(),
         &["MOUNT ID", "IMAGE", "MOUNTPOINT", "CREATED", "STATUS"],
         &["ID", "Image", "Mountpoint", "RunningFor", "Status"],

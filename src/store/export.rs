@@ -12,29 +12,9 @@ use flate2::{Compression, GzBuilder};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use super::layout::sha256;
+use super::layout::{sha256, Hashing};
 use super::reference::Digest;
 use super::{io_err, ImageError, Store};
-
-/// Hashes and counts what goes through to a file.
-struct Counted {
-    file: File,
-    hash: Sha256,
-    len: u64,
-}
-
-impl Write for Counted {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
 
 fn write_blob(dir: &Path, data: &[u8]) -> Result<(Digest, u64), ImageError> {
     let d = sha256(data);
@@ -61,12 +41,8 @@ impl Store {
             let src = self.layout.blob_path(&diff);
             let tmp = blobs.join(format!(".{}.gz.tmp", diff.hex()));
             let file = File::create(&tmp).map_err(io_err(&tmp))?;
-            let out = Counted {
-                file,
-                hash: Sha256::new(),
-                len: 0,
-            };
-            let mut gz: GzEncoder<Counted> =
+            let out = Hashing::new(file);
+            let mut gz: GzEncoder<Hashing<File>> =
                 GzBuilder::new().mtime(0).write(out, Compression::default());
             let mut r = BufReader::with_capacity(1 << 20, File::open(&src).map_err(io_err(&src))?);
             let mut check = Sha256::new();
@@ -85,14 +61,13 @@ impl Store {
                     "layer {diff}: its tar in the store is corrupted (strata check)"
                 )));
             }
-            let out = gz.finish().map_err(io_err(&tmp))?;
-            let digest = Digest::from_sha256(&out.hash.finalize().into());
+            let (digest, size, _) = gz.finish().map_err(io_err(&tmp))?.finish();
             let dst = blobs.join(digest.hex());
             fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
             layers.push(json!({
                 "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                 "digest": digest.to_string(),
-                "size": out.len,
+                "size": size,
             }));
         }
         let (cd, cs) = write_blob(&blobs, &config_bytes)?;

@@ -11,11 +11,9 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest as _, Sha256};
-
 use super::diff::{self, Source};
 use super::index::{ImageRecord, LayerRecord};
-use super::layout::crash_point;
+use super::layout::{crash_point, Hashing};
 use super::oci::{History, ImageConfig, RootFs, RunConfig};
 use super::reference::{Digest, ImageRef};
 use super::time::Timestamp;
@@ -39,26 +37,6 @@ impl Drop for Stage {
 }
 
 static STAGE_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A writer that hashes and counts what goes through it.
-struct Hashing<W: Write> {
-    inner: W,
-    hash: Sha256,
-    len: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 /// A layer made in a stage, not yet published.
 pub(crate) struct StagedLayer {
@@ -230,20 +208,11 @@ impl Store {
         let stage = self.stage()?;
         let tar = stage.dir.join("layer.tar");
         let file = File::create(&tar).map_err(io_err(&tar))?;
-        let mut w = Hashing {
-            inner: BufWriter::with_capacity(1 << 20, file),
-            hash: Sha256::new(),
-            len: 0,
-        };
+        let mut w = Hashing::new(BufWriter::with_capacity(1 << 20, file));
         produce(&mut w)?;
         w.flush().map_err(io_err(&tar))?;
         crash_point();
-        let Hashing {
-            hash,
-            len: tar_size,
-            ..
-        } = w;
-        let diff_id = Digest::from_sha256(&hash.finalize().into());
+        let (diff_id, tar_size, _) = w.finish();
         let known = self.index()?.layers.get(&diff_id.to_string()).copied();
         if let Some(record) = known {
             return Ok(StagedLayer {

@@ -235,6 +235,45 @@ pub fn crash_point() {
     }
 }
 
+/// A writer that hashes (sha256) and counts what goes through it.
+pub(crate) struct Hashing<W: Write> {
+    pub inner: W,
+    pub hash: Sha256,
+    pub len: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    pub fn new(inner: W) -> Hashing<W> {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// The digest and length of everything written, and the inner writer.
+    pub fn finish(self) -> (Digest, u64, W) {
+        (
+            Digest::from_sha256(&self.hash.finalize().into()),
+            self.len,
+            self.inner,
+        )
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The sha256 digest of `data`.
 pub fn sha256(data: &[u8]) -> Digest {
     Digest::from_sha256(&Sha256::digest(data).into())
