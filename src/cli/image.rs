@@ -475,8 +475,17 @@ struct Inspect {
     size: u64,
     graph_driver: Value,
     #[serde(rename = "RootFS")]
-    root_fs: Value,
+    root_fs: RootFs,
     metadata: Value,
+}
+
+/// docker's `RootFS`, its keys in docker's order.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RootFs {
+    #[serde(rename = "Type")]
+    kind: &'static str,
+    layers: Vec<String>,
 }
 
 fn inspect_one(store: &Store, idx: &Index, input: &str) -> anyhow::Result<Inspect> {
@@ -511,7 +520,10 @@ fn inspect_one(store: &Store, idx: &Index, input: &str) -> anyhow::Result<Inspec
         os: config.os.clone(),
         size: idx.image_size(&id),
         graph_driver: json!({"Data": {"LowerDir": lowers.join(":")}, "Name": "strata"}),
-        root_fs: json!({"Type": "layers", "Layers": config.rootfs.diff_ids}),
+        root_fs: RootFs {
+            kind: "layers",
+            layers: config.rootfs.diff_ids.clone(),
+        },
         metadata: json!({"LastTagTime": rec.last_tag_time.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into())}),
         id,
     })
