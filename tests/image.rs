@@ -614,6 +614,14 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "truncated",
         ),
         (
+            "oversized",
+            raw_tar(&[
+                ("pax", b'x', &vec![b'a'; 2 << 20], ""),
+                ("f", b'0', b"x", ""),
+            ]),
+            "limit",
+        ),
+        (
             "corrupt",
             {
                 let mut t = raw_tar(&[("f", b'0', b"x", "")]);
