@@ -26,6 +26,9 @@ pub mod mounts;
 pub mod oci;
 pub mod reference;
 pub mod tarpath;
+mod tarread;
+#[cfg(test)]
+mod tartest;
 pub mod time;
 pub mod unpack;
 
