@@ -1,15 +1,18 @@
 //! Test helpers for the layer tar code, in one place: tars built for the reader and
-//! `unpack` (well-formed entries through the `tar` crate, malicious ones byte by byte), and
-//! a scratch destination with a neighbour no tar may touch.
+//! `unpack` (well-formed entries through the `tar` crate, malicious ones byte by byte), a
+//! scratch destination with a neighbour no tar may touch, and tars written by `diff` read
+//! back through the `tar` crate.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
 use tar::{EntryType, Header};
 
+use super::diff::{write_layer, DiffStats, Source};
 use super::unpack::{unpack, Limits, UnpackError, UnpackStats};
 
 // ---------------------------------------------------------------------------------------
@@ -163,4 +166,91 @@ pub(super) fn refused(r: Result<UnpackStats, UnpackError>, entry: &str) -> Strin
     };
     assert!(msg.contains(entry), "{msg:?} does not name {entry:?}");
     msg
+}
+
+// ---------------------------------------------------------------------------------------
+// Tars written, read back.
+
+/// An entry read back with the `tar` crate.
+#[derive(Debug)]
+pub(super) struct Ent {
+    pub(super) path: Vec<u8>,
+    pub(super) ty: tar::EntryType,
+    pub(super) mode: u32,
+    pub(super) uid: u64,
+    pub(super) gid: u64,
+    pub(super) mtime: u64,
+    pub(super) size: u64,
+    pub(super) link: Option<Vec<u8>>,
+    pub(super) dev: Option<(u32, u32)>,
+    /// Every PAX key of the entry.
+    pub(super) pax: Vec<String>,
+    pub(super) xattrs: Vec<(String, Vec<u8>)>,
+    pub(super) data: Vec<u8>,
+}
+
+pub(super) fn read_tar(bytes: &[u8]) -> Vec<Ent> {
+    assert_eq!(bytes.len() % 512, 0);
+    assert!(bytes.ends_with(&[0u8; 1024]), "no end-of-archive marker");
+    let mut ar = tar::Archive::new(bytes);
+    let mut out = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut pax = Vec::new();
+        let mut xattrs = Vec::new();
+        if let Some(exts) = e.pax_extensions().unwrap() {
+            for x in exts {
+                let x = x.unwrap();
+                let key = x.key().unwrap().to_string();
+                if let Some(n) = key.strip_prefix("SCHILY.xattr.") {
+                    xattrs.push((n.to_string(), x.value_bytes().to_vec()));
+                }
+                pax.push(key);
+            }
+        }
+        let h = e.header();
+        let ty = h.entry_type();
+        let dev = match ty {
+            tar::EntryType::Char | tar::EntryType::Block => Some((
+                h.device_major().unwrap().unwrap(),
+                h.device_minor().unwrap().unwrap(),
+            )),
+            _ => None,
+        };
+        let mut ent = Ent {
+            path: e.path_bytes().to_vec(),
+            ty,
+            mode: h.mode().unwrap(),
+            uid: h.uid().unwrap(),
+            gid: h.gid().unwrap(),
+            mtime: h.mtime().unwrap(),
+            size: h.size().unwrap(),
+            link: e.link_name_bytes().map(|l| l.to_vec()),
+            dev,
+            pax,
+            xattrs,
+            data: Vec::new(),
+        };
+        e.read_to_end(&mut ent.data).unwrap();
+        out.push(ent);
+    }
+    out
+}
+
+pub(super) fn names(ents: &[Ent]) -> Vec<String> {
+    ents.iter()
+        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+        .collect()
+}
+
+pub(super) fn find<'a>(ents: &'a [Ent], name: &str) -> &'a Ent {
+    ents.iter()
+        .find(|e| e.path == name.as_bytes())
+        .unwrap_or_else(|| panic!("{name} not in the tar: {:?}", names(ents)))
+}
+
+pub(super) fn write(src: &Source) -> (Vec<u8>, DiffStats) {
+    let mut out = Vec::new();
+    let stats = write_layer(src, &std::env::temp_dir(), &mut out).unwrap();
+    (out, stats)
 }
