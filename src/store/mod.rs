@@ -25,7 +25,12 @@ pub mod layout;
 pub mod mounts;
 pub mod oci;
 pub mod reference;
+mod snapshot;
 pub mod tarpath;
+mod tarread;
+#[cfg(test)]
+mod tartest;
+mod tarwrite;
 pub mod time;
 pub mod unpack;
 
