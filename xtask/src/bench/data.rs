@@ -429,13 +429,13 @@ fn generate(scale: &Scale, dir: Option<&Path>) -> std::io::Result<Model> {
 }
 
 /// True when `dir` holds a complete generation matching `stamp`.
-fn is_current(dir: &Path, stamp: &str) -> bool {
+pub(super) fn is_current(dir: &Path, stamp: &str) -> bool {
     fs::read_to_string(dir.join(".stamp")).is_ok_and(|s| s == stamp)
 }
 
 /// Empties `dir`, runs `make` into it, then writes its stamp (last, so an interrupted
 /// generation is redone).
-fn regenerate(dir: &Path, stamp: &str, make: impl FnOnce(&Path) -> Result) -> Result {
+pub(super) fn regenerate(dir: &Path, stamp: &str, make: impl FnOnce(&Path) -> Result) -> Result {
     if dir.exists() {
         fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

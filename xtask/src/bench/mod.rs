@@ -8,9 +8,14 @@
 //! workloads that read file data. Prints the medians and ratios and writes them, with
 //! every raw sample, under `bench/results/`. Nothing here asserts a timing: the targets
 //! are reported, not enforced.
+//!
+//! The image-store group (`--only store`, see [`store`]) runs after the filesystem
+//! workloads, on the strata CLI alone, and has its own table. A run that selects only it
+//! neither prepares the filesystem data set nor mounts the other systems.
 
 mod data;
 mod report;
+mod store;
 mod systems;
 mod workloads;
 
@@ -24,7 +29,8 @@ use systems::{Binaries, Mount, Scope};
 use workloads::{Ctx, Stack};
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--reps N] [--only W1,W2] \
-                     [--systems strata,kernel,fuse-overlayfs,strata-all]";
+                     [--systems strata,kernel,fuse-overlayfs,strata-all] \
+                     (workload `store`: the image-store group)";
 
 /// How big the data set and the workloads are.
 #[derive(Clone, Debug)]
@@ -100,6 +106,20 @@ impl Opts {
     fn names(&self) -> Vec<&'static str> {
         self.systems.iter().map(|(s, _)| *s).collect()
     }
+
+    fn selects(&self, workload: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == workload))
+    }
+
+    /// The filesystem workloads selected, in run order.
+    fn fs_workloads(&self) -> Vec<&'static workloads::Workload> {
+        workloads::ALL
+            .iter()
+            .filter(|w| self.selects(w.name))
+            .collect()
+    }
 }
 
 /// Parses the arguments after `bench`.
@@ -128,11 +148,13 @@ fn parse(args: &[String]) -> Result<Opts> {
             }
             "--only" => {
                 let names: Vec<String> = value()?.split(',').map(str::to_string).collect();
-                for n in &names {
-                    if !workloads::ALL.iter().any(|w| w.name == n) {
-                        let known: Vec<&str> = workloads::ALL.iter().map(|w| w.name).collect();
-                        return Err(format!("unknown workload {n:?}; known: {known:?}"));
-                    }
+                let known: Vec<&str> = workloads::ALL
+                    .iter()
+                    .map(|w| w.name)
+                    .chain([store::NAME])
+                    .collect();
+                if let Some(n) = names.iter().find(|n| !known.contains(&n.as_str())) {
+                    return Err(format!("unknown workload {n:?}; known: {known:?}"));
                 }
                 o.only = Some(names);
             }
@@ -162,9 +184,16 @@ pub fn run(args: &[String]) -> Result {
     }
     let opts = parse(args)?;
     can_mount("bench")?;
-    let mut wanted = vec![("/usr/bin/fio", "fio")];
-    if opts.names().contains(&"fuse-overlayfs") {
-        wanted.push(("/usr/bin/fuse-overlayfs", "fuse-overlayfs"));
+    let fs_chosen = opts.fs_workloads();
+    let mut wanted = Vec::new();
+    if !fs_chosen.is_empty() {
+        wanted.push(("/usr/bin/fio", "fio"));
+        if opts.names().contains(&"fuse-overlayfs") {
+            wanted.push(("/usr/bin/fuse-overlayfs", "fuse-overlayfs"));
+        }
+    }
+    if opts.selects(store::NAME) {
+        wanted.push(("/usr/bin/openssl", "openssl"));
     }
     ensure_packages(&wanted)?;
     println!("bench: building strata (release)");
@@ -178,44 +207,38 @@ pub fn run(args: &[String]) -> Result {
     let load_before = loadavg();
     // Read now: the tree may change while the run goes on.
     let commit = commit();
-    let scale = if opts.quick {
-        Scale::quick()
+    let (scale, store_scale) = if opts.quick {
+        (Scale::quick(), store::StoreScale::quick())
     } else {
-        Scale::full()
+        (Scale::full(), store::StoreScale::full())
     };
-    let data = data::prepare(&scale, &opts.names())?;
-    let prepared = started.elapsed().as_secs_f64();
     let scratch = Path::new(data::CACHE_ROOT).join("run");
     fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     systems::clear_leftovers(&scratch)?;
-    let stat_list = scratch.join("stat-list.txt");
-    let files = data.files();
-    let stat_files = files.len().min(scale.stat_files);
-    fs::write(&stat_list, files[..stat_files].join("\n") + "\n")
-        .map_err(|e| format!("{}: {e}", stat_list.display()))?;
-    let ctx = Ctx {
-        data: &data,
-        scale: &scale,
-        stat_list,
-        stat_files,
+    let (data, prepared) = match fs_chosen.is_empty() {
+        true => (None, 0.0),
+        false => {
+            let data = data::prepare(&scale, &opts.names())?;
+            (Some(data), started.elapsed().as_secs_f64())
+        }
     };
 
-    for sys in opts.names() {
-        println!("bench: checking {sys}'s merged view");
-        let m = Mount::new(sys, &bins, &data.lowers[sys], &scratch.join(sys))?;
-        data::check_view(&m.mnt, &data.model).map_err(|e| format!("{sys}: {e}"))?;
-        m.unmount()?;
+    let (mut samples, mut spent) = match &data {
+        Some(data) => run_filesystems(&opts, &fs_chosen, &scale, data, &bins, &scratch)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let store_ran = opts.selects(store::NAME);
+    if store_ran {
+        let (s, t) = store::run_all(&bins.strata, &scratch, &store_scale, opts.reps)?;
+        samples.extend(s);
+        spent.extend(t);
     }
-
-    let (samples, spent) = run_workloads(&opts, &ctx, &bins, &scratch)?;
     let wall = started.elapsed();
     let times = (wall.as_secs_f64(), prepared, spent.as_slice());
-    let header = header(&opts, &scale, &data, (&commit, &load_before), times);
-    println!(
-        "\n{header}\n{}\n{}",
-        report::table(&samples),
-        report::notes(&samples)
-    );
+    let sizes = (&scale, store_ran.then_some(&store_scale));
+    let header = header(&opts, sizes, data.as_ref(), (&commit, &load_before), times);
+    let body = body(&samples, &store_scale);
+    println!("\n{header}\n{body}");
     let complete = opts.only.is_none() && opts.systems.len() == systems::ALL.len();
     let stamp = utc_stamp()?;
     let name = format!("{stamp}-{}", scale.name);
@@ -224,6 +247,7 @@ pub fn run(args: &[String]) -> Result {
         &root().join("bench/results"),
         &name,
         &header,
+        &body,
         &samples,
         complete.then_some(latest.as_str()),
     )?;
@@ -235,6 +259,63 @@ pub fn run(args: &[String]) -> Result {
     Ok(())
 }
 
+/// The filesystem table and its notes when some filesystem workload ran, then the store
+/// table and its notes when the store group ran.
+fn body(samples: &[report::Sample], store_scale: &store::StoreScale) -> String {
+    let mut b = String::new();
+    if report::has_rows(samples, report::METRICS) {
+        b.push_str(&format!(
+            "{}\n{}",
+            report::table(samples),
+            report::notes(samples)
+        ));
+    }
+    if report::has_rows(samples, report::STORE_METRICS) {
+        if !b.is_empty() {
+            b.push('\n');
+        }
+        b.push_str(&format!(
+            "## Image store\n\n{}\n{}",
+            report::store_table(
+                samples,
+                &store_scale.tree_label(),
+                &store::thousands(store_scale.images)
+            ),
+            report::store_notes()
+        ));
+    }
+    b
+}
+
+/// Checks each system's merged view, then runs the filesystem workloads.
+fn run_filesystems(
+    opts: &Opts,
+    chosen: &[&workloads::Workload],
+    scale: &Scale,
+    data: &data::DataSet,
+    bins: &Binaries,
+    scratch: &Path,
+) -> Result<(Vec<report::Sample>, Spent)> {
+    let stat_list = scratch.join("stat-list.txt");
+    let files = data.files();
+    let stat_files = files.len().min(scale.stat_files);
+    fs::write(&stat_list, files[..stat_files].join("\n") + "\n")
+        .map_err(|e| format!("{}: {e}", stat_list.display()))?;
+    let ctx = Ctx {
+        data,
+        scale,
+        stat_list,
+        stat_files,
+    };
+    for sys in opts.names() {
+        println!("bench: checking {sys}'s merged view");
+        let m = Mount::new(sys, bins, &data.lowers[sys], &scratch.join(sys))?;
+        data::check_view(&m.mnt, &data.model).map_err(|e| format!("{sys}: {e}"))?;
+        m.unmount()?;
+    }
+    run_workloads(opts, chosen, &ctx, bins, scratch)
+}
+
 /// The wall time of each workload that ran (s), in run order.
 type Spent = Vec<(&'static str, f64)>;
 
@@ -242,21 +323,14 @@ type Spent = Vec<(&'static str, f64)>;
 /// the samples and the wall time each workload took (mounts and cache drops included).
 fn run_workloads(
     opts: &Opts,
+    chosen: &[&workloads::Workload],
     ctx: &Ctx,
     bins: &Binaries,
     scratch: &Path,
 ) -> Result<(Vec<report::Sample>, Spent)> {
-    let chosen: Vec<&workloads::Workload> = workloads::ALL
-        .iter()
-        .filter(|w| {
-            opts.only
-                .as_ref()
-                .is_none_or(|o| o.iter().any(|n| n == w.name))
-        })
-        .collect();
     let mut samples = Vec::new();
     let mut spent = Vec::new();
-    for w in chosen {
+    for &w in chosen {
         let start = Instant::now();
         let reps = if w.once { 1 } else { opts.reps };
         let running: Vec<&'static str> = opts
@@ -353,61 +427,116 @@ fn commit() -> String {
     commit
 }
 
-/// The facts a reader needs to judge the figures. `at_start`: the commit and the load
-/// average when the run began; `times`: the run's wall time, the part of it spent making
-/// the data set, and the wall time of each workload.
+/// The facts a reader needs to judge the figures. `sizes`: the filesystem scale and, when
+/// the store group ran, its scale; `data`: the filesystem data set, when a filesystem
+/// workload ran; `at_start`: the commit and the load average when the run began; `times`:
+/// the run's wall time, the part of it spent making the data set, and the wall time of
+/// each workload.
 fn header(
     opts: &Opts,
-    scale: &Scale,
-    data: &data::DataSet,
+    sizes: (&Scale, Option<&store::StoreScale>),
+    data: Option<&data::DataSet>,
     at_start: (&str, &str),
     times: (f64, f64, &[(&str, f64)]),
 ) -> String {
+    let (scale, store_scale) = sizes;
     let (commit, load_before) = at_start;
     let (wall, prepared, spent) = times;
-    let systems: Vec<String> = opts
-        .systems
-        .iter()
-        .map(|(sys, scope)| match scope {
-            Scope::Every => sys.to_string(),
-            Scope::DataReads => format!("{sys} (data-read workloads only)"),
-        })
-        .collect();
     let spent: Vec<String> = spent.iter().map(|(w, s)| format!("{w} {s:.0}")).collect();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let files = data.files().len();
-    format!(
+    let mut h = format!(
         "# strata benchmark ({mode})\n\n\
          - date: {date}; commit: {commit}\n\
-         - machine: Linux {kernel}, {cores} cores; load average before {load_before}, after {load_after}\n\
-         - fuse-overlayfs: {fo}; fio: {fio}\n\
-         - systems: {systems}\n\
-         - repetitions: {reps} (medians shown; order rotated each repetition), except `rss` \
-           (the {million}-entry walk) and `fds`: 1 run per system\n\
-         - data set: {entries} merged entries in 3 lowers ({files} files under tree/, {tree_mb:.0} MB), \
-           a {wide}-entry directory, a {big} MiB file, a {tar}-file tarball, a {million}-entry layer\n\
-         - wall time: {wall:.0} s, of which {prepared:.0} s preparing the data set \
-           (generating what was missing); per workload (s): {spent}\n",
+         - machine: Linux {kernel}, {cores} cores; load average before {load_before}, after {load_after}\n",
         mode = scale.name,
         date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
         kernel = first_line(Command::new("uname").arg("-r")),
         load_after = loadavg(),
-        fo = line_with(Command::new("fuse-overlayfs").arg("--version"), "fuse-overlayfs"),
-        fio = first_line(Command::new("fio").arg("--version")),
-        systems = systems.join(", "),
+    );
+    if let Some(data) = data {
+        let systems: Vec<String> = opts
+            .systems
+            .iter()
+            .map(|(sys, scope)| match scope {
+                Scope::Every => sys.to_string(),
+                Scope::DataReads => format!("{sys} (data-read workloads only)"),
+            })
+            .collect();
+        let files = data.files().len();
+        h.push_str(&format!(
+            "- fuse-overlayfs: {fo}; fio: {fio}\n\
+             - systems: {systems}\n\
+             - repetitions: {reps} (medians shown; order rotated each repetition), except `rss` \
+               (the {million}-entry walk) and `fds`: 1 run per system\n\
+             - data set: {entries} merged entries in 3 lowers ({files} files under tree/, {tree_mb:.0} MB), \
+               a {wide}-entry directory, a {big} MiB file, a {tar}-file tarball, a {million}-entry layer\n",
+            fo = line_with(Command::new("fuse-overlayfs").arg("--version"), "fuse-overlayfs"),
+            fio = first_line(Command::new("fio").arg("--version")),
+            systems = systems.join(", "),
+            reps = opts.reps,
+            entries = data.model.len(),
+            tree_mb = data.tree_bytes() as f64 / 1e6,
+            wide = data.wide_entries(),
+            big = scale.big_mib,
+            tar = scale.tar_files,
+            million = data.million_entries,
+        ));
+    }
+    if let Some(st) = store_scale {
+        h.push_str(&format!(
+            "- image store: commit of {tree} in 100 directories (the upper of an unmounted mount \
+               of a one-file image), {reps}× warm and {reps}× cold, strata and the \
+               baselines taking turns going first; `images` and `inspect` on a store of \
+               {images} images (one layer each), {runs} runs each after a warm-up; \
+               {tar}, {sha}, {openssl}; stores on {fs} ({cache})\n",
+            tree = st.tree_label(),
+            reps = opts.reps,
+            images = store::thousands(st.images),
+            runs = store::QUERY_RUNS,
+            tar = first_line(Command::new("tar").arg("--version")),
+            sha = first_line(Command::new("sha256sum").arg("--version")),
+            openssl = first_line(Command::new("openssl").arg("version")),
+            fs = first_line(Command::new("stat").args(["-f", "-c", "%T", data::CACHE_ROOT])),
+            cache = data::CACHE_ROOT,
+        ));
+    }
+    h.push_str(&format!(
+        "- wall time: {wall:.0} s, of which {prepared:.0} s preparing the data set \
+           (generating what was missing); per workload (s): {spent}\n",
         spent = spent.join(", "),
-        reps = opts.reps,
-        entries = data.model.len(),
-        tree_mb = data.tree_bytes() as f64 / 1e6,
-        wide = data.wide_entries(),
-        big = scale.big_mib,
-        tar = scale.tar_files,
-        million = data.million_entries,
-    )
+    ));
+    h
 }
 
 fn git() -> Command {
     let mut c = Command::new("git");
     c.current_dir(root());
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_selects_the_store_group_or_filesystem_workloads() {
+        let o = parse(&args(&["--only", "store"])).unwrap();
+        assert!(o.selects(store::NAME) && o.fs_workloads().is_empty());
+        let o = parse(&args(&["--only", "stat,store"])).unwrap();
+        let names: Vec<&str> = o.fs_workloads().iter().map(|w| w.name).collect();
+        assert_eq!(names, ["stat"]);
+        assert!(o.selects(store::NAME));
+        let o = parse(&args(&[])).unwrap();
+        assert!(o.selects(store::NAME));
+        assert_eq!(o.fs_workloads().len(), workloads::ALL.len());
+        let e = parse(&args(&["--only", "stor"])).err().unwrap();
+        assert!(
+            e.contains("unknown workload \"stor\"") && e.contains("store"),
+            "{e}"
+        );
+    }
 }

@@ -6,6 +6,11 @@
 //! stats/s) higher is better, so it reads "≥ X". Targets are judged on default strata
 //! only; `strata-all` (lower files passed through), when it ran, gets its own column and
 //! its own ratio to the kernel, outside the verdicts.
+//!
+//! The image-store measurements ([`STORE_METRICS`]) have a table of their own: strata
+//! against a baseline command (not against the other filesystems), or against an
+//! absolute bound where there is no baseline. Each table only ever reads its own rows'
+//! samples, so adding one group never changes how the other is shown.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +28,7 @@ pub enum Unit {
     StatsPerSec,
     MiB,
     Fds,
+    Ms,
 }
 
 impl Unit {
@@ -34,6 +40,7 @@ impl Unit {
             Unit::StatsPerSec => "stats/s",
             Unit::MiB => "MiB",
             Unit::Fds => "fds",
+            Unit::Ms => "ms",
         }
     }
 
@@ -44,7 +51,7 @@ impl Unit {
     fn show(self, v: f64) -> String {
         match self {
             Unit::Secs => format!("{v:.3}"),
-            Unit::MiB => format!("{v:.1}"),
+            Unit::MiB | Unit::Ms => format!("{v:.1}"),
             _ => format!("{v:.0}"),
         }
     }
@@ -57,6 +64,10 @@ pub enum Target {
     VsKernel(f64),
     /// strata's own value at most this (memory, descriptors left open).
     AtMost(f64),
+    /// strata ÷ the store table's baseline command, at most this (a time).
+    VsBaseline(f64),
+    /// strata's own value strictly below this (a response time).
+    Below(f64),
     None,
 }
 
@@ -201,6 +212,42 @@ pub const METRICS: &[Metric] = &[
     ),
 ];
 
+/// The image-store measurements, in table order. `{tree}` and `{images}` in the
+/// descriptions stand for the run's sizes (see [`store_table`]).
+pub const STORE_METRICS: &[Metric] = &[
+    m(
+        "commit-warm",
+        "commit of {tree} (strata commit), warm",
+        Unit::Secs,
+        Target::VsBaseline(1.5),
+    ),
+    m(
+        "commit-cold",
+        "commit of {tree} (strata commit), cold",
+        Unit::Secs,
+        Target::VsBaseline(1.5),
+    ),
+    m(
+        "images",
+        "strata images, {images} images",
+        Unit::Ms,
+        Target::Below(50.0),
+    ),
+    m(
+        "inspect",
+        "strata inspect TAG, {images} images",
+        Unit::Ms,
+        Target::Below(50.0),
+    ),
+];
+
+/// The system name of the store table's baseline samples (`tar c | sha256sum`).
+pub const BASELINE: &str = "baseline";
+
+/// The system name of the store table's informational second baseline (`tar c | openssl
+/// dgst -sha256`): the same work with a hasher that uses the CPU's SHA instructions.
+pub const OPENSSL: &str = "baseline-openssl";
+
 /// One raw measurement.
 #[derive(Clone, Debug)]
 pub struct Sample {
@@ -224,13 +271,34 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// The samples per (metric, system).
-fn grouped(samples: &[Sample]) -> BTreeMap<(&'static str, &'static str), Vec<f64>> {
+/// The samples per (metric, system), of the metrics in `metrics` only.
+fn grouped(
+    samples: &[Sample],
+    metrics: &[Metric],
+) -> BTreeMap<(&'static str, &'static str), Vec<f64>> {
     let mut all: BTreeMap<(&'static str, &'static str), Vec<f64>> = BTreeMap::new();
     for s in samples {
-        all.entry((s.metric, s.system)).or_default().push(s.value);
+        if metrics.iter().any(|m| m.name == s.metric) {
+            all.entry((s.metric, s.system)).or_default().push(s.value);
+        }
     }
     all
+}
+
+/// The median of every (metric, system) group.
+fn medians(
+    all: &BTreeMap<(&'static str, &'static str), Vec<f64>>,
+) -> BTreeMap<(&'static str, &'static str), f64> {
+    all.iter()
+        .filter_map(|(k, v)| median(v.clone()).map(|m| (*k, m)))
+        .collect()
+}
+
+/// True when some sample is of one of `metrics` (the table of those has rows).
+pub fn has_rows(samples: &[Sample], metrics: &[Metric]) -> bool {
+    samples
+        .iter()
+        .any(|s| metrics.iter().any(|m| m.name == s.metric))
 }
 
 /// The system whose extra column the table shows where it ran.
@@ -248,11 +316,8 @@ fn met(ok: bool) -> &'static str {
 /// column and its ratio to the kernel at the end when that system ran. A row measured
 /// fewer times than the run's repetitions says how many times.
 pub fn table(samples: &[Sample]) -> String {
-    let all = grouped(samples);
-    let med: BTreeMap<_, f64> = all
-        .iter()
-        .filter_map(|(k, v)| median(v.clone()).map(|m| (*k, m)))
-        .collect();
+    let all = grouped(samples, METRICS);
+    let med = medians(&all);
     let get = |metric: &str, sys: &str| med.get(&(metric, sys)).copied();
     let reps = all.values().map(Vec::len).max().unwrap_or(0);
     let with_all = samples.iter().any(|s| s.system == ALL_PASSTHROUGH);
@@ -303,7 +368,7 @@ pub fn table(samples: &[Sample]) -> String {
                 format!("≤ {} {}", mt.unit.show(x), mt.unit.label()),
                 s.map_or("–", |v| met(v <= x)),
             ),
-            Target::None => (String::new(), ""),
+            Target::VsBaseline(_) | Target::Below(_) | Target::None => (String::new(), ""),
         };
         let beats = match (mt.unit, s, f) {
             (Unit::Fds, ..) => "",
@@ -351,12 +416,87 @@ pub fn notes(samples: &[Sample]) -> String {
     n
 }
 
+/// The image-store table: per row strata's median, the baseline's (`–` for the rows
+/// judged against an absolute bound), their ratio, the target and the verdict. `tree`
+/// and `images` describe the run's sizes ("1.00 GiB in 10,000 files", "1,000").
+pub fn store_table(samples: &[Sample], tree: &str, images: &str) -> String {
+    let all = grouped(samples, STORE_METRICS);
+    let med = medians(&all);
+    let get = |metric: &str, sys: &str| med.get(&(metric, sys)).copied();
+    let mut t = String::from(
+        "| workload | unit | strata | baseline | strata÷baseline | target | met | \
+         openssl baseline (info) | strata÷openssl |\n\
+         |---|---|---:|---:|---:|---|---|---:|---:|\n",
+    );
+    for mt in STORE_METRICS {
+        let (s, b, o) = (
+            get(mt.name, "strata"),
+            get(mt.name, BASELINE),
+            get(mt.name, OPENSSL),
+        );
+        if s.is_none() && b.is_none() && o.is_none() {
+            continue;
+        }
+        let runs = all
+            .iter()
+            .filter(|((m, _), _)| *m == mt.name)
+            .map(|(_, v)| v.len())
+            .max()
+            .unwrap_or(0);
+        let what = mt.what.replace("{tree}", tree).replace("{images}", images);
+        let show = |v: Option<f64>| v.map_or("–".to_string(), |v| mt.unit.show(v));
+        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let r = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+        let ratio = div(s, b);
+        let (target, verdict) = match mt.target {
+            Target::VsBaseline(x) => (format!("≤ {x}×"), ratio.map_or("–", |r| met(r <= x))),
+            Target::Below(x) => (
+                format!("< {x} {}", mt.unit.label()),
+                s.map_or("–", |v| met(v < x)),
+            ),
+            Target::AtMost(x) => (
+                format!("≤ {} {}", mt.unit.show(x), mt.unit.label()),
+                s.map_or("–", |v| met(v <= x)),
+            ),
+            Target::VsKernel(_) | Target::None => (String::new(), ""),
+        };
+        let _ = writeln!(
+            t,
+            "| {what}, median of {runs} | {} | {} | {} | {} | {target} | {verdict} | {} | {} |",
+            mt.unit.label(),
+            show(s),
+            show(b),
+            r(ratio),
+            show(o),
+            r(div(s, o)),
+        );
+    }
+    t
+}
+
+/// What the reader must know to read the store table.
+pub fn store_notes() -> String {
+    "Baseline: `tar c -C UPPER . | sha256sum` (bash, `pipefail`) on the very directory the \
+     commit reads (the mount's upper), in the same cache state: warm is the tree read just \
+     before, cold is after `sync; echo 3 > /proc/sys/vm/drop_caches`; the three commands \
+     take turns going first. Times are the wall time of the process (`strata commit`, or \
+     bash running the pipeline). The openssl baseline is the same pipeline hashing with \
+     `openssl dgst -sha256`, which uses the CPU's SHA instructions where coreutils' \
+     `sha256sum` may not: information, not judged. The `images` and `inspect` rows are \
+     judged against an absolute bound, not a baseline (`–`).\n"
+        .to_string()
+}
+
 /// The raw samples as CSV.
 pub fn csv(samples: &[Sample]) -> String {
     let mut out = String::from("metric,unit,system,rep,slot,value\n");
     for s in samples {
         let unit = METRICS
             .iter()
+            .chain(STORE_METRICS)
             .find(|m| m.name == s.metric)
             .map_or("", |m| m.unit.label());
         let _ = writeln!(
@@ -368,21 +508,21 @@ pub fn csv(samples: &[Sample]) -> String {
     out
 }
 
-/// Writes `NAME.md` (header, table) and `NAME.csv` (raw samples) into `dir`, and the
-/// Markdown again as `latest` when given; returns the Markdown path.
+/// Writes `NAME.md` (header, then `body`: the tables and their notes) and `NAME.csv`
+/// (raw samples) into `dir`, and both again as `latest` when given; returns the Markdown
+/// path.
 pub fn write(
     dir: &Path,
     name: &str,
     header: &str,
+    body: &str,
     samples: &[Sample],
     latest: Option<&str>,
 ) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let md = format!(
-        "{header}\n{}\n{}\nRaw samples: `{name}.csv` (one line per run; `slot` is the system's \
-         position in that repetition's order).\n",
-        table(samples),
-        notes(samples)
+        "{header}\n{body}\nRaw samples: `{name}.csv` (one line per run; `slot` is the system's \
+         position in that repetition's order).\n"
     );
     let md_path = dir.join(format!("{name}.md"));
     let csv_path = dir.join(format!("{name}.csv"));
@@ -481,6 +621,67 @@ mod tests {
         let stat = t.lines().find(|l| l.contains("stat every entry")).unwrap();
         assert!(stat.ends_with("| – | – |"), "{stat}");
         assert!(notes(&samples).contains("passthrough=all"));
+    }
+
+    #[test]
+    fn the_store_table_judges_against_the_baseline_and_the_bound() {
+        let mut samples = Vec::new();
+        for (rep, (st, base, ossl)) in [(9.0, 6.0, 1.0), (12.0, 7.0, 2.0), (10.0, 6.5, 1.5)]
+            .into_iter()
+            .enumerate()
+        {
+            for (sys, v) in [("strata", st), (BASELINE, base), (OPENSSL, ossl)] {
+                samples.push(Sample {
+                    rep,
+                    ..s("commit-warm", sys, v)
+                });
+            }
+        }
+        samples.push(s("commit-cold", "strata", 8.0));
+        samples.push(s("commit-cold", BASELINE, 5.0));
+        for (rep, v) in [40.0, 60.0, 45.0].into_iter().enumerate() {
+            samples.push(Sample {
+                rep,
+                ..s("images", "strata", v)
+            });
+        }
+        samples.push(s("inspect", "strata", 50.0));
+        // Filesystem samples run alongside: they stay out of the store table.
+        samples.push(s("stat-cold", "strata", 2.0));
+        let t = store_table(&samples, "1.00 GiB in 10,000 files", "1,000");
+        let row = |what: &str| t.lines().find(|l| l.contains(what)).unwrap().to_string();
+        assert_eq!(
+            row("warm"),
+            "| commit of 1.00 GiB in 10,000 files (strata commit), warm, median of 3 | s \
+             | 10.000 | 6.500 | 1.54 | ≤ 1.5× | **missed** | 1.500 | 6.67 |"
+        );
+        assert!(row("cold").ends_with("| 1.60 | ≤ 1.5× | **missed** | – | – |"));
+        assert_eq!(
+            row("strata images"),
+            "| strata images, 1,000 images, median of 3 | ms | 45.0 | – | – | < 50 ms | met | – | – |"
+        );
+        assert!(
+            row("inspect").contains("| 50.0 | – | – | < 50 ms | **missed** |"),
+            "the bound is strict"
+        );
+        assert!(!t.contains("stat"));
+    }
+
+    #[test]
+    fn store_samples_stay_out_of_the_filesystem_table() {
+        let mut samples = vec![s("stat-cold", "strata", 2.0), s("stat-cold", "kernel", 1.0)];
+        for rep in 0..20 {
+            samples.push(Sample {
+                rep,
+                ..s("images", "strata", 10.0)
+            });
+        }
+        let t = table(&samples);
+        assert!(t.contains("| stat every entry, cold |"), "{t}");
+        assert!(!t.contains("images"));
+        assert!(has_rows(&samples, STORE_METRICS) && has_rows(&samples, METRICS));
+        assert!(!has_rows(&samples[..2], STORE_METRICS));
+        assert!(csv(&samples).contains("images,ms,strata,19,0,10"));
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub struct Mount {
 }
 
 /// True when `mnt` is a mount point in this namespace.
-fn is_mounted(mnt: &Path) -> bool {
+pub(super) fn is_mounted(mnt: &Path) -> bool {
     let want = mnt.display().to_string();
     fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
@@ -74,7 +74,7 @@ fn is_mounted(mnt: &Path) -> bool {
 }
 
 /// The daemon whose command line names `mnt` and whose program is `prog`.
-fn find_daemon(prog: &str, mnt: &Path) -> Option<i32> {
+pub(super) fn find_daemon(prog: &str, mnt: &Path) -> Option<i32> {
     let want = mnt.display().to_string();
     for e in fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -99,7 +99,7 @@ fn find_daemon(prog: &str, mnt: &Path) -> Option<i32> {
 /// even though `/proc/PID` stays until its parent reaps it: the daemons detach to be
 /// children of init, and an init that reaps lazily (this machine's takes about 1.5 s)
 /// would otherwise add that to every FUSE mount of the run.
-fn alive(pid: i32) -> bool {
+pub(super) fn alive(pid: i32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
