@@ -43,8 +43,36 @@ pub(crate) struct StagedLayer {
     stage: Stage,
     pub diff_id: Digest,
     pub record: LayerRecord,
-    /// False when the store has this layer already (nothing was unpacked).
-    unpacked: bool,
+}
+
+/// Writes everything to both writers.
+struct Tee<A: Write, B: Write>(A, B);
+
+impl<A: Write, B: Write> Write for Tee<A, B> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
+}
+
+/// Whether `e` comes from writing into a pipe whose reader has stopped.
+fn is_broken_pipe(e: &ImageError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 impl StagedLayer {
@@ -198,8 +226,10 @@ impl Store {
         Ok(Stage { dir })
     }
 
-    /// Makes a layer in a new stage from the tar `produce` writes (uncompressed), and
-    /// unpacks it unless the store has it already.
+    /// Makes a layer in a new stage from the tar `produce` writes (uncompressed): the tar
+    /// is hashed and kept as the blob, and unpacked as it is written, by a second thread
+    /// reading it from a pipe (making the layer's inodes is most of a commit's time; this way
+    /// it overlaps with reading the tree).
     fn stage_layer(
         &self,
         what: &str,
@@ -207,31 +237,49 @@ impl Store {
     ) -> Result<StagedLayer, ImageError> {
         let stage = self.stage()?;
         let tar = stage.dir.join("layer.tar");
-        let file = File::create(&tar).map_err(io_err(&tar))?;
-        let mut w = Hashing::new(BufWriter::with_capacity(1 << 20, file));
-        produce(&mut w)?;
-        w.flush().map_err(io_err(&tar))?;
-        crash_point();
-        let (diff_id, tar_size, _) = w.finish();
-        let known = self.index()?.layers.get(&diff_id.to_string()).copied();
-        if let Some(record) = known {
-            return Ok(StagedLayer {
-                stage,
-                diff_id,
-                record,
-                unpacked: false,
-            });
-        }
         let root = stage.dir.join("root");
         fs::create_dir(&root).map_err(io_err(&root))?;
-        let file = File::open(&tar).map_err(io_err(&tar))?;
-        let mut r = BufReader::with_capacity(1 << 20, file);
-        let stats = unpack::unpack(&mut r, &root, &Limits::default()).map_err(|source| {
-            ImageError::Unpack {
-                what: what.to_string(),
-                source,
+        let (reader, writer) = std::io::pipe().map_err(io_err(&stage.dir))?;
+        // A larger pipe means fewer switches between the threads; the default works too.
+        let _ = rustix::pipe::fcntl_setpipe_size(&writer, 1 << 20);
+        let unpacker = std::thread::spawn(move || {
+            let mut r = BufReader::with_capacity(1 << 20, reader);
+            let stats = unpack::unpack(&mut r, &root, &Limits::default());
+            // Whatever follows the end of the archive is part of the tar (and its hash).
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+            stats
+        });
+        let file = File::create(&tar).map_err(io_err(&tar))?;
+        let mut w = Hashing::new(Tee(
+            BufWriter::with_capacity(1 << 20, file),
+            BufWriter::with_capacity(1 << 20, writer),
+        ));
+        let produced = produce(&mut w).and_then(|()| w.flush().map_err(io_err(&tar)));
+        let (diff_id, tar_size, tee) = w.finish();
+        drop(tee);
+        let unpacked = unpacker
+            .join()
+            .map_err(|_| ImageError::Invalid(format!("{what}: the unpacking thread failed")))?;
+        let stats = match (produced, unpacked) {
+            (Ok(()), Ok(stats)) => stats,
+            // A tar the reader refused stops it, and the writer then meets a closed pipe:
+            // the reader's error names the entry. A writer that failed cut the tar short:
+            // its own error says why.
+            (Err(e), Err(source)) if is_broken_pipe(&e) => {
+                log::debug!("{what}: writing stopped too: {e}");
+                return Err(ImageError::Unpack {
+                    what: what.to_string(),
+                    source,
+                });
             }
-        })?;
+            (Err(e), _) => return Err(e),
+            (Ok(()), Err(source)) => {
+                return Err(ImageError::Unpack {
+                    what: what.to_string(),
+                    source,
+                })
+            }
+        };
         crash_point();
         Ok(StagedLayer {
             stage,
@@ -241,7 +289,6 @@ impl Store {
                 tar_size,
                 entries: stats.entries,
             },
-            unpacked: true,
         })
     }
 
@@ -266,11 +313,6 @@ impl Store {
         let mut idx = self.index()?;
         let key = layer.diff_id.to_string();
         if let std::collections::btree_map::Entry::Vacant(slot) = idx.layers.entry(key.clone()) {
-            if !layer.unpacked {
-                return Err(ImageError::Invalid(format!(
-                    "layer {key} was removed while this command ran; run it again"
-                )));
-            }
             let blob = self.layout.blob_path(&layer.diff_id);
             fs::rename(layer.tar(), &blob).map_err(io_err(&blob))?;
             crash_point();
