@@ -165,8 +165,6 @@ impl Store {
             .map(String::from)
             .collect();
         idx.layers.retain(|k, _| used.contains(k));
-        self.sync()?;
-        crash_point();
         idx.save(&self.layout)?;
         crash_point();
         let mut freed = 0;
