@@ -291,6 +291,24 @@ fn commit_makes_a_child_image_that_umoci_unpacks_as_the_mount_showed_it() {
     let (m2, _) = st.mount("demo:v2", "m2");
     assert_eq!(tree(&m2.mnt), merged);
     drop(m2);
+    // The store's layers are kernel overlay lower dirs: the kernel shows the same tree.
+    let lowers: Vec<String> = v["RootFS"]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|d| {
+            st.root
+                .join("layers")
+                .join(&d.as_str().unwrap()[7..])
+                .display()
+                .to_string()
+        })
+        .collect();
+    let kmnt = st.s.dir("kernel");
+    let k = common::KernelMount::new(&format!("lowerdir={}", lowers.join(":")), &kmnt);
+    assert_eq!(tree(&k.mnt), merged);
+    drop(k);
 
     // No 0/0 char device in the committed tar: whiteouts are .wh. files.
     let diff = v["RootFS"]["Layers"][1].as_str().unwrap().to_string();
@@ -811,6 +829,29 @@ fn a_kill_at_any_point_of_import_commit_or_prune_loses_nothing_published() {
         st.ok(&["import", src.to_str().unwrap()]);
     });
     assert!(points > 3, "prune reached only {points} crash points");
+    // And kills at moments no crash point marks: in the middle of writing or unpacking.
+    let big = st.s.dir("big");
+    for i in 0..40 {
+        put(&big.join(format!("f{i}")), &"x".repeat(256 << 10));
+    }
+    for delay_ms in [0, 2, 5, 10, 20, 40, 80, 160] {
+        let mut child = Command::new(strata_bin())
+            .arg("--root")
+            .arg(&st.root)
+            .args(["import", big.to_str().unwrap(), "big"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        st.ok(&["check", "--repair"]);
+        assert!(st.ok(&["check"]).trim_end().ends_with(": ok"));
+        let ids = st.ok(&["images", "-a", "-q", "--no-trunc"]);
+        assert!(
+            keep.iter().all(|k| ids.contains(k.as_str())),
+            "a kill after {delay_ms} ms lost an image"
+        );
+    }
     drop(m);
     let (m2, _) = st.mount("demo:v2", "m2");
     assert_eq!(fs::read_to_string(m2.mnt.join("new")).unwrap(), "new");
