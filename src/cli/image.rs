@@ -346,83 +346,97 @@ fn glob(pattern: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// What `images` lists: its `--filter`s and its `REPOSITORY[:TAG]` argument.
+struct Selection {
+    all: bool,
+    dangling: Option<bool>,
+    patterns: Vec<String>,
+    /// The full repository, and the tag when the argument named one.
+    repository: Option<(String, Option<String>)>,
+}
+
+impl Selection {
+    fn of(a: &ImagesArgs) -> anyhow::Result<Selection> {
+        let mut sel = Selection {
+            all: a.all,
+            dangling: None,
+            patterns: Vec::new(),
+            repository: None,
+        };
+        for f in &a.filter {
+            match f.split_once('=') {
+                Some(("dangling", "true" | "1")) => sel.dangling = Some(true),
+                Some(("dangling", "false" | "0")) => sel.dangling = Some(false),
+                Some(("reference", v)) => sel.patterns.push(v.to_string()),
+                _ => {
+                    bail!("invalid filter {f:?}: expected dangling=true|false or reference=PATTERN")
+                }
+            }
+        }
+        if let Some(r) = &a.reference {
+            let parsed = ImageRef::parse(r)?;
+            let tagged = r.rsplit('/').next().is_some_and(|last| last.contains(':'));
+            sel.repository = Some((parsed.repository(), parsed.tag.filter(|_| tagged)));
+        }
+        Ok(sel)
+    }
+
+    /// Whether the untagged image `id` is listed (as `<none>`): dangling ones are, and
+    /// intermediate ones (with a child) only with `-a`; never under a name filter.
+    fn untagged(&self, idx: &Index, id: &str) -> bool {
+        self.dangling != Some(false)
+            && (self.all || idx.children_of(id).is_empty())
+            && self.repository.is_none()
+            && self.patterns.is_empty()
+    }
+
+    /// Whether the tag `n` is listed.
+    fn tagged(&self, n: &ImageRef) -> bool {
+        if self.dangling == Some(true) {
+            return false;
+        }
+        if let Some((repo, tag)) = &self.repository {
+            if n.repository() != *repo || (tag.is_some() && n.tag != *tag) {
+                return false;
+            }
+        }
+        let (fam, fam_repo) = (n.familiar(), n.familiar_repository());
+        self.patterns.is_empty()
+            || self.patterns.iter().any(|p| {
+                glob(p.as_bytes(), fam.as_bytes()) || glob(p.as_bytes(), fam_repo.as_bytes())
+            })
+    }
+}
+
 pub fn images(root: &Path, a: ImagesArgs) -> anyhow::Result<()> {
+    let sel = Selection::of(&a)?;
     let store = open(root)?;
     let idx = store.index()?;
-    let mut dangling: Option<bool> = None;
-    let mut patterns: Vec<String> = Vec::new();
-    for f in &a.filter {
-        match f.split_once('=') {
-            Some(("dangling", v)) => {
-                dangling = Some(match v {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => bail!("invalid filter {f:?}: dangling is true or false"),
-                })
-            }
-            Some(("reference", v)) => patterns.push(v.to_string()),
-            _ => bail!("invalid filter {f:?}: expected dangling=true|false or reference=PATTERN"),
-        }
-    }
-    let want = match &a.reference {
-        Some(r) => Some(ImageRef::parse(r).map(|p| {
-            (
-                p.repository(),
-                p.tag
-                    .filter(|_| r.rsplit('/').next().is_some_and(|last| last.contains(':'))),
-            )
-        })?),
-        None => None,
-    };
     let mut ids: Vec<(&String, &crate::store::index::ImageRecord)> = idx.images.iter().collect();
     ids.sort_by(|x, y| y.1.created.cmp(&x.1.created).then(x.0.cmp(y.0)));
     let now = Timestamp::now();
     let mut rows: Vec<BTreeMap<&str, Value>> = Vec::new();
     for (id, rec) in ids {
         let tags = idx.tags_of(id);
-        if tags.is_empty() {
-            if (!idx.children_of(id).is_empty() && !a.all) || dangling == Some(false) {
-                continue;
-            }
-            if want.is_some() || !patterns.is_empty() {
-                continue;
-            }
-        } else if dangling == Some(true) {
-            continue;
-        }
-        let names: Vec<Option<ImageRef>> = match tags.is_empty() {
-            true => vec![None],
-            false => tags.iter().map(|t| ImageRef::parse(t).ok()).collect(),
+        let names: Vec<(String, String)> = match tags.is_empty() {
+            true if sel.untagged(&idx, id) => vec![("<none>".into(), "<none>".into())],
+            true => Vec::new(),
+            false => tags
+                .iter()
+                .filter_map(|t| ImageRef::parse(t).ok())
+                .filter(|n| sel.tagged(n))
+                .map(|n| {
+                    let tag = n.tag.clone().unwrap_or_else(|| "<none>".into());
+                    (n.familiar_repository(), tag)
+                })
+                .collect(),
         };
-        for name in names {
-            if let (Some(n), Some((repo, tag))) = (&name, &want) {
-                if n.repository() != *repo || (tag.is_some() && n.tag != *tag) {
-                    continue;
-                }
-            }
-            if let Some(n) = &name {
-                let fam = n.familiar();
-                if !patterns.is_empty()
-                    && !patterns.iter().any(|p| {
-                        glob(p.as_bytes(), fam.as_bytes())
-                            || glob(p.as_bytes(), n.familiar_repository().as_bytes())
-                    })
-                {
-                    continue;
-                }
-            }
-            let (repo, tag) = match &name {
-                Some(n) => (
-                    n.familiar_repository(),
-                    n.tag.clone().unwrap_or_else(|| "<none>".into()),
-                ),
-                None => ("<none>".into(), "<none>".into()),
-            };
-            let shown_id = match a.no_trunc {
-                true => id.clone(),
-                false => short_id(id).to_string(),
-            };
-            let size = human_size(idx.image_size(id));
+        let shown_id = match a.no_trunc {
+            true => id.clone(),
+            false => short_id(id).to_string(),
+        };
+        let size = human_size(idx.image_size(id));
+        for (repo, tag) in names {
             let mut r = BTreeMap::new();
             r.insert("Containers", json!("N/A"));
             r.insert("CreatedAt", json!(created_at(&rec.created)));
