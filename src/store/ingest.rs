@@ -10,11 +10,13 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::diff::{self, Source};
 use super::index::{ImageRecord, LayerRecord};
 use super::layout::{crash_point, Hashing};
 use super::oci::{History, ImageConfig, RootFs, RunConfig};
+use super::progress::{Counting, Progress};
 use super::reference::{Digest, ImageRef};
 use super::time::Timestamp;
 use super::unpack::{self, Limits};
@@ -250,13 +252,18 @@ impl Store {
             stats
         });
         let file = File::create(&tar).map_err(io_err(&tar))?;
-        let mut w = Hashing::new(Tee(
-            BufWriter::with_capacity(1 << 20, file),
-            BufWriter::with_capacity(1 << 20, writer),
-        ));
+        let progress = Progress::start(format!("layer of {what}"));
+        let mut w = Hashing::new(Counting {
+            inner: Tee(
+                BufWriter::with_capacity(1 << 20, file),
+                BufWriter::with_capacity(1 << 20, writer),
+            ),
+            count: Arc::clone(&progress.count),
+        });
         let produced = produce(&mut w).and_then(|()| w.flush().map_err(io_err(&tar)));
         let (diff_id, tar_size, tee) = w.finish();
         drop(tee);
+        drop(progress);
         let unpacked = unpacker
             .join()
             .map_err(|_| ImageError::Invalid(format!("{what}: the unpacking thread failed")))?;

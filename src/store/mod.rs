@@ -24,6 +24,7 @@ mod ingest;
 pub mod layout;
 pub mod mounts;
 pub mod oci;
+mod progress;
 pub mod reference;
 mod snapshot;
 pub mod tarpath;
