@@ -46,31 +46,8 @@ enum Change {
 /// The alignment of buffers for `O_DIRECT` I/O (enough for any logical block size).
 const DIRECT_ALIGN: usize = 4096;
 
-/// A byte buffer, aligned for `O_DIRECT` when asked.
-struct Aligned {
-    raw: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Aligned {
-    fn new(len: usize, aligned: bool) -> Aligned {
-        let extra = if aligned { DIRECT_ALIGN } else { 0 };
-        let raw = vec![0u8; len + extra];
-        let start = match aligned {
-            true => raw.as_ptr().align_offset(DIRECT_ALIGN).min(extra),
-            false => 0,
-        };
-        Aligned { raw, start, len }
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + self.len]
-    }
-}
-
-/// A read buffer kept from one read to the next (one per serving thread): a large read
-/// neither allocates nor zeroes memory, and the buffer suits `O_DIRECT` too.
+/// An I/O buffer whose slices start at an `O_DIRECT`-aligned address. Kept from one read
+/// to the next (one per serving thread), a large read neither allocates nor zeroes memory.
 #[derive(Default)]
 pub struct ReadBuf {
     raw: Vec<u8>,
@@ -283,11 +260,12 @@ impl Union {
         let f = self.file(fh)?;
         let b = f.backing.read();
         // O_DIRECT needs an aligned buffer; the request's bytes sit wherever fuser read them.
-        let mut copy = Aligned::new(data.len(), f.is_direct());
+        let mut aligned = ReadBuf::default();
         let data = match f.is_direct() {
             true => {
-                copy.as_mut().copy_from_slice(data);
-                copy.as_mut()
+                let copy = aligned.slice(data.len());
+                copy.copy_from_slice(data);
+                &*copy
             }
             false => data,
         };
