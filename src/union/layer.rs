@@ -534,8 +534,17 @@ pub enum Whiteout {
 /// Whether the directory `fd` (an `O_PATH` descriptor) is opaque: the overlay xattr is
 /// `y`, or it holds the OCI `.wh..wh..opq` marker.
 pub fn is_opaque(fd: BorrowedFd<'_>) -> Result<bool> {
-    for name in [OPAQUE_XATTR, OPAQUE_XATTR_USER] {
-        if overlay_xattr(sys::xattr_get(fd, OsStr::new(name)))?.is_some_and(|v| v == b"y") {
+    opaque_by(
+        |attr| overlay_xattr(sys::xattr_get(fd, OsStr::new(attr))),
+        fd,
+    )
+}
+
+/// Whether a directory is opaque, its overlay xattrs read by `get`, `fd` being the
+/// directory itself (for the OCI marker).
+fn opaque_by(get: impl Fn(&str) -> Result<Option<Vec<u8>>>, fd: BorrowedFd<'_>) -> Result<bool> {
+    for attr in [OPAQUE_XATTR, OPAQUE_XATTR_USER] {
+        if get(attr)?.is_some_and(|v| v == b"y") {
             return Ok(true);
         }
     }
@@ -577,12 +586,7 @@ pub fn is_opaque_at(
     names: &XattrNames,
     child: BorrowedFd<'_>,
 ) -> Result<bool> {
-    for attr in [OPAQUE_XATTR, OPAQUE_XATTR_USER] {
-        if names.get(dir, name, attr)?.is_some_and(|v| v == b"y") {
-            return Ok(true);
-        }
-    }
-    Ok(sys::exists_at(child, OsStr::from_bytes(WH_OPAQUE))?)
+    opaque_by(|attr| names.get(dir, name, attr), child)
 }
 
 /// The result of reading an overlay xattr: its value, or `None` where it is absent or
