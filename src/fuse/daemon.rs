@@ -332,13 +332,9 @@ fn start(req: &MountRequest, paths: &StackPaths) -> Result<Session<StrataFs>, Da
 /// The fusectl connection number of the mount at `mnt` (its device minor).
 fn connection_id(mnt: &Path) -> Option<String> {
     let canon = std::fs::canonicalize(mnt).ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|line| {
-        let f: Vec<&str> = line.split(' ').collect();
-        (f.len() > 4 && Path::new(f[4]) == canon)
-            .then(|| f[2].split(':').nth(1).map(str::to_string))
-            .flatten()
-    })
+    let table = sys::mount_table();
+    let m = table.into_iter().rev().find(|m| m.mount_point == canon)?;
+    Some(m.minor)
 }
 
 /// Lets the kernel read ahead 1 MiB at a time through the page cache (the FUSE default is
@@ -378,13 +374,10 @@ fn on_termination(mnt: &Path, conn: Option<String>) {
 /// When `mnt` is not a strata mount, or the unmount fails (e.g. busy).
 pub fn umount(mnt: &Path, lazy: bool) -> Result<(), DaemonError> {
     let canon = std::fs::canonicalize(mnt).map_err(io(format!("mountpoint {}", mnt.display())))?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(io("/proc/self/mounts"))?;
-    let ours = mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 2
-            && Path::new(f[1]) == canon
-            && f[2].starts_with("fuse")
-            && (f[0] == "strata" || f[2] == "fuse.strata")
+    let ours = sys::mount_table().iter().any(|m| {
+        m.mount_point == canon
+            && m.fs_type.starts_with("fuse")
+            && (m.source == "strata" || m.fs_type == "fuse.strata")
     });
     if !ours {
         return Err(DaemonError::Child(format!(

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::index::MountRecord;
 use super::time::Timestamp;
 use super::{io_err, ImageError, Index, Store};
+use crate::sys;
 
 /// A new mount, recorded and ready to be served.
 pub struct NewMount {
@@ -19,34 +20,9 @@ pub struct NewMount {
     pub work: PathBuf,
 }
 
-/// Whether something is mounted at `path` (a canonical path), from `/proc/self/mountinfo`.
+/// Whether something is mounted at `path` (a canonical path).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mountinfo(m) == want)
-}
-
-/// Undoes the octal escapes (`\040` for a space) of a mountinfo field.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' {
-            if let Some(Ok(v)) = s.get(i + 1..i + 4).map(|o| u8::from_str_radix(o, 8)) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    sys::mount_table().iter().any(|m| m.mount_point == path)
 }
 
 fn random_id() -> Result<String, ImageError> {
@@ -161,17 +137,5 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&dir)(e)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mountinfo(r"/a\\b"), r"/a\\b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 }

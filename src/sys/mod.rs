@@ -9,7 +9,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
@@ -707,6 +707,55 @@ pub fn wait_termination_signal() -> i32 {
     sig
 }
 
+/// One line of `/proc/self/mountinfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The minor number of the mount's device (a FUSE mount's fusectl connection).
+    pub minor: String,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    pub source: String,
+}
+
+/// The mounts this process sees, in mount order (a later one hides an earlier one on the
+/// same point); empty when `/proc` cannot be read.
+pub fn mount_table() -> Vec<MountEntry> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().filter_map(parse_mountinfo).collect()
+}
+
+/// `ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER_OPTIONS`
+fn parse_mountinfo(line: &str) -> Option<MountEntry> {
+    let (head, tail) = line.split_once(" - ")?;
+    let f: Vec<&str> = head.split(' ').collect();
+    let mut t = tail.split(' ');
+    Some(MountEntry {
+        minor: f.get(2)?.split(':').nth(1)?.to_string(),
+        mount_point: PathBuf::from(OsString::from_vec(unescape_octal(f.get(4)?))),
+        fs_type: t.next()?.to_string(),
+        source: String::from_utf8_lossy(&unescape_octal(t.next()?)).into_owned(),
+    })
+}
+
+/// Undoes the octal escapes (`\040` for a space) of a mount table field.
+fn unescape_octal(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if let Some(Ok(v)) = s.get(i + 1..i + 4).map(|o| u8::from_str_radix(o, 8)) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
 /// Safe wrapper for `umount2(2)`; `lazy` adds `MNT_DETACH`.
 ///
 /// # Errors
@@ -903,4 +952,25 @@ pub fn fs_uuid(fd: BorrowedFd<'_>) -> Result<Option<[u8; 16]>, RErrno> {
         };
     }
     Ok((u.len == 16).then_some(u.uuid))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_are_read_with_their_escapes_undone() {
+        let line =
+            r"36 35 0:52 / /tmp/a\040b rw,relatime shared:1 - fuse.strata strata rw,user_id=0";
+        let m = parse_mountinfo(line).unwrap();
+        assert_eq!(m.minor, "52");
+        assert_eq!(m.mount_point, Path::new("/tmp/a b"));
+        assert_eq!(
+            (m.fs_type.as_str(), m.source.as_str()),
+            ("fuse.strata", "strata")
+        );
+        assert_eq!(unescape_octal(r"/a\\b"), br"/a\\b");
+        assert_eq!(parse_mountinfo("garbage"), None);
+    }
 }
