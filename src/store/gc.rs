@@ -4,15 +4,11 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
 use super::index::{hex_of, Index};
-use super::layout::crash_point;
+use super::layout::{crash_point, Hashing};
 use super::reference::{Digest, ImageRef};
-use super::unpack::{self, Limits};
 use super::{familiar, io_err, short_id, ImageError, Store};
 
 /// One line of what `rmi`/`image prune` did, as docker prints it.
@@ -61,6 +57,17 @@ fn remove_path(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes `paths` (files or trees), a crash point after each; returns the bytes given back.
+fn remove_all(paths: &[PathBuf]) -> Result<u64, ImageError> {
+    let mut freed = 0;
+    for p in paths {
+        freed += tree_size(p);
+        remove_path(p).map_err(io_err(p))?;
+        crash_point();
+    }
+    Ok(freed)
+}
+
 /// Whether the process that made the `tmp/` entry `name` (`<what>.<pid>.<n>`) is gone.
 fn owner_is_gone(name: &str) -> bool {
     let mut parts = name.rsplitn(3, '.');
@@ -78,17 +85,9 @@ fn owner_is_gone(name: &str) -> bool {
 }
 
 fn hash_file(path: &Path) -> std::io::Result<Digest> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(Digest::from_sha256(&h.finalize().into()))
+    let mut h = Hashing::new(std::io::sink());
+    std::io::copy(&mut fs::File::open(path)?, &mut h)?;
+    Ok(h.finish().0)
 }
 
 impl Store {
@@ -114,7 +113,7 @@ impl Store {
             }
         }
         if !out.is_empty() {
-            self.commit_removals(&before, idx)?;
+            self.commit_removals(&before, &mut idx)?;
         }
         Ok((out, errors))
     }
@@ -151,14 +150,14 @@ impl Store {
                 out.push(Removal::Deleted(id));
             }
         }
-        let mut freed = self.commit_removals(&before, idx)?;
-        freed += self.sweep(&self.index()?, None)?;
-        Ok((out, freed))
+        let freed = self.commit_removals(&before, &mut idx)?;
+        let garbage = self.garbage(&idx)?;
+        Ok((out, freed + remove_all(&garbage)?))
     }
 
     /// Drops the layers no image needs any more from `idx`, writes it, then deletes the
     /// data of what `before` had and `idx` has not. Returns the bytes given back.
-    fn commit_removals(&self, before: &Index, mut idx: Index) -> Result<u64, ImageError> {
+    fn commit_removals(&self, before: &Index, idx: &mut Index) -> Result<u64, ImageError> {
         let used: BTreeSet<String> = idx
             .referenced_layers()
             .into_iter()
@@ -167,7 +166,6 @@ impl Store {
         idx.layers.retain(|k, _| used.contains(k));
         idx.save(&self.layout)?;
         crash_point();
-        let mut freed = 0;
         let gone = before
             .images
             .keys()
@@ -178,25 +176,20 @@ impl Store {
                     .keys()
                     .filter(|k| !idx.layers.contains_key(*k)),
             );
+        let mut paths = Vec::new();
         for key in gone {
             let Ok(d) = Digest::parse(key) else { continue };
-            let mut paths = vec![self.layout.blob_path(&d)];
+            paths.push(self.layout.blob_path(&d));
             if before.layers.contains_key(key) {
                 paths.push(self.layer_dir(key));
             }
-            for p in paths {
-                freed += tree_size(&p);
-                remove_path(&p).map_err(io_err(&p))?;
-                crash_point();
-            }
         }
-        Ok(freed)
+        remove_all(&paths)
     }
 
-    /// Removes what nothing references: staging left by dead processes, layer dirs and
-    /// blobs no record names, mount dirs of no mount. With `report`, lists instead of
-    /// removing. Returns the bytes given back.
-    fn sweep(&self, idx: &Index, mut report: Option<&mut Vec<String>>) -> Result<u64, ImageError> {
+    /// What nothing references: staging left by dead processes, layer dirs and blobs no
+    /// record names, mount dirs of no mount.
+    fn garbage(&self, idx: &Index) -> Result<Vec<PathBuf>, ImageError> {
         let mut garbage: Vec<PathBuf> = Vec::new();
         let list = |dir: &Path| -> Result<Vec<(String, PathBuf)>, ImageError> {
             match fs::read_dir(dir) {
@@ -230,21 +223,7 @@ impl Store {
                 garbage.push(path);
             }
         }
-        let mut freed = 0;
-        for p in garbage {
-            match report.as_deref_mut() {
-                Some(r) => r.push(format!(
-                    "{} is left over from an interrupted command (--repair removes it)",
-                    p.display()
-                )),
-                None => {
-                    freed += tree_size(&p);
-                    remove_path(&p).map_err(io_err(&p))?;
-                    crash_point();
-                }
-            }
-        }
-        Ok(freed)
+        Ok(garbage)
     }
 
     /// `strata check [--repair]`: verifies every record against the data (digests of
@@ -357,7 +336,7 @@ impl Store {
             if !idx.images.contains_key(&m.image) {
                 r.problems.push(format!(
                     "mount {}: its image {} is not in the store",
-                    &id[..12.min(id.len())],
+                    short_id(id),
                     m.image
                 ));
             }
@@ -365,7 +344,7 @@ impl Store {
             if !upper.is_dir() {
                 r.problems.push(format!(
                     "mount {}: its upper {} is missing",
-                    &id[..12.min(id.len())],
+                    short_id(id),
                     upper.display()
                 ));
             }
@@ -373,34 +352,37 @@ impl Store {
         if dirty {
             idx.save(&self.layout)?;
         }
+        let garbage = self.garbage(&idx)?;
+        let left =
+            |p: &PathBuf| format!("{} is left over from an interrupted command", p.display());
         if repair {
-            let mut found = Vec::new();
-            self.sweep(&idx, Some(&mut found))?;
-            self.sweep(&idx, None)?;
-            r.repaired.extend(
-                found
-                    .into_iter()
-                    .map(|l| l.replace(" (--repair removes it)", ": removed")),
-            );
+            remove_all(&garbage)?;
+            r.repaired
+                .extend(garbage.iter().map(|p| format!("{}: removed", left(p))));
         } else {
-            self.sweep(&idx, Some(&mut r.problems))?;
+            r.problems.extend(
+                garbage
+                    .iter()
+                    .map(|p| format!("{} (--repair removes it)", left(p))),
+            );
         }
         Ok(r)
     }
 
     /// Unpacks layer `d` again from its (verified) tar into its directory.
     fn unpack_again(&self, d: &Digest, blob: &Path) -> Result<(), ImageError> {
-        let stage = self.stage()?;
-        let root = stage.dir.join("root");
-        fs::create_dir(&root).map_err(io_err(&root))?;
-        let f = fs::File::open(blob).map_err(io_err(blob))?;
-        let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-        unpack::unpack(&mut r, &root, &Limits::default()).map_err(|source| ImageError::Unpack {
-            what: format!("layer {d}"),
-            source,
+        let layer = self.stage_layer(&format!("layer {d}"), |w| {
+            let mut f = fs::File::open(blob).map_err(io_err(blob))?;
+            std::io::copy(&mut f, w).map_err(io_err(blob))?;
+            Ok(())
         })?;
+        if layer.diff_id != *d {
+            return Err(ImageError::Invalid(format!(
+                "layer {d}: its tar changed while it was unpacked again"
+            )));
+        }
         let dir = self.layer_dir(&d.to_string());
-        fs::rename(&root, &dir).map_err(io_err(&dir))?;
+        fs::rename(layer.root(), &dir).map_err(io_err(&dir))?;
         self.sync()
     }
 }
@@ -430,7 +412,7 @@ fn rmi_one(
         match idx.mounts_of(&id).first() {
             Some((mid, m)) if !force => Err(ImageError::InUse {
                 image: input.to_string(),
-                mount: mid[..12.min(mid.len())].to_string(),
+                mount: short_id(mid).to_string(),
                 mountpoint: m.mountpoint.display().to_string(),
                 hint: " (strata rm the mount first, or -f to untag it anyway)",
             }),
@@ -438,15 +420,17 @@ fn rmi_one(
         }
     };
     match by_tag {
-        Some(key) if idx.tags_of(&id).len() > 1 => {
-            idx.tags.remove(&key);
-            out.push(Removal::Untagged(familiar(&key)));
-            return Ok(());
-        }
         Some(key) => {
-            in_use(idx)?;
+            // One tag of several only goes; the last one is what a mount still needs.
+            let last = idx.tags_of(&id).len() == 1;
+            if last {
+                in_use(idx)?;
+            }
             idx.tags.remove(&key);
             out.push(Removal::Untagged(familiar(&key)));
+            if !last {
+                return Ok(());
+            }
         }
         None => {
             in_use(idx)?;

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::layout::{Layout, StoreError};
-use super::reference::Digest;
 
 pub const INDEX: &str = "index.json";
 
@@ -155,9 +154,4 @@ impl Index {
 /// The hex part of `sha256:<hex>`.
 pub fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
-}
-
-/// `Digest` of a record key, which the store wrote itself.
-pub fn digest_of(key: &str) -> Option<Digest> {
-    Digest::parse(key).ok()
 }

@@ -82,7 +82,7 @@ impl StagedLayer {
         self.stage.dir.join("layer.tar")
     }
 
-    fn root(&self) -> PathBuf {
+    pub(super) fn root(&self) -> PathBuf {
         self.stage.dir.join("root")
     }
 }
@@ -232,7 +232,7 @@ impl Store {
     /// is hashed and kept as the blob, and unpacked as it is written, by a second thread
     /// reading it from a pipe (making the layer's inodes is most of a commit's time; this way
     /// it overlaps with reading the tree).
-    fn stage_layer(
+    pub(super) fn stage_layer(
         &self,
         what: &str,
         produce: impl FnOnce(&mut dyn Write) -> Result<(), ImageError>,
