@@ -4,13 +4,10 @@
 //! `save`/`load` comes later.
 
 use std::fs::{self, File};
-use std::io::{BufReader, Write};
 use std::path::Path;
 
-use flate2::write::GzEncoder;
 use flate2::{Compression, GzBuilder};
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
 use super::layout::{sha256, Hashing};
 use super::reference::Digest;
@@ -42,20 +39,13 @@ impl Store {
             let tmp = blobs.join(format!(".{}.gz.tmp", diff.hex()));
             let file = File::create(&tmp).map_err(io_err(&tmp))?;
             let out = Hashing::new(file);
-            let mut gz: GzEncoder<Hashing<File>> =
-                GzBuilder::new().mtime(0).write(out, Compression::default());
-            let mut r = BufReader::with_capacity(1 << 20, File::open(&src).map_err(io_err(&src))?);
-            let mut check = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = std::io::Read::read(&mut r, &mut buf).map_err(io_err(&src))?;
-                if n == 0 {
-                    break;
-                }
-                check.update(&buf[..n]);
-                gz.write_all(&buf[..n]).map_err(io_err(&tmp))?;
-            }
-            if Digest::from_sha256(&check.finalize().into()) != diff {
+            let gz = GzBuilder::new().mtime(0).write(out, Compression::default());
+            // The tar is hashed on its way into the gzip stream: a corrupted one is refused.
+            let mut tar = Hashing::new(gz);
+            let mut r = File::open(&src).map_err(io_err(&src))?;
+            std::io::copy(&mut r, &mut tar).map_err(io_err(&tmp))?;
+            let (check, _, gz) = tar.finish();
+            if check != diff {
                 let _ = fs::remove_file(&tmp);
                 return Err(ImageError::Invalid(format!(
                     "layer {diff}: its tar in the store is corrupted (strata check)"
