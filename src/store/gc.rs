@@ -201,7 +201,7 @@ impl Store {
                 Err(e) => Err(io_err(dir)(e)),
             }
         };
-        for (name, path) in list(&self.root().join("tmp"))? {
+        for (name, path) in list(&self.layout.tmp_dir())? {
             if owner_is_gone(&name) {
                 garbage.push(path);
             }

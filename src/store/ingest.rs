@@ -9,7 +9,6 @@ use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::diff::{self, Source};
@@ -37,8 +36,6 @@ impl Drop for Stage {
         }
     }
 }
-
-static STAGE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A layer made in a stage, not yet published.
 pub(crate) struct StagedLayer {
@@ -219,11 +216,7 @@ fn host_arch() -> &'static str {
 
 impl Store {
     pub(crate) fn stage(&self) -> Result<Stage, ImageError> {
-        let n = STAGE_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .root()
-            .join("tmp")
-            .join(format!("stage.{}.{n}", std::process::id()));
+        let dir = self.layout.tmp_path("stage");
         fs::create_dir(&dir).map_err(io_err(&dir))?;
         Ok(Stage { dir })
     }
@@ -374,7 +367,7 @@ impl Store {
     ) -> Result<String, ImageError> {
         let meta = fs::metadata(src).map_err(io_err(src))?;
         let what = src.display().to_string();
-        let spool = self.root().join("tmp");
+        let spool = self.layout.tmp_dir();
         let layer = if meta.is_dir() {
             self.stage_layer(&what, |w| {
                 diff::write_layer(&Source::Base(src.to_path_buf()), &spool, w)?;
@@ -445,7 +438,7 @@ impl Store {
             .map(|d| self.layer_dir(d))
             .collect();
         let upper = self.mount_dir(&mid).join("upper");
-        let spool = self.root().join("tmp");
+        let spool = self.layout.tmp_dir();
         let layer = self.stage_layer(
             &format!("the upper of mount {}", super::short_id(&mid)),
             |w| {

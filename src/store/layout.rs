@@ -145,17 +145,26 @@ impl Layout {
         Ok(StoreLock { _file: file })
     }
 
+    /// The staging directory, on the store's filesystem.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// A new name in the staging directory for `what`: `what.PID.N`, so that what a dead
+    /// process left there is known by the pid (see `gc`).
+    pub fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir()
+            .join(format!("{what}.{}.{n}", std::process::id()))
+    }
+
     /// Writes `data` as `name` in `dir` atomically (a temporary file in `tmp/`, fsync,
     /// rename, fsync of `dir`).
     ///
     /// # Errors
     /// An I/O error naming the file.
     pub fn write_atomic(&self, dir: &Path, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{name}.{}.{n}", std::process::id()));
+        let tmp = self.tmp_path(name);
         let dst = dir.join(name);
         let written = (|| -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
