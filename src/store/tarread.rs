@@ -124,19 +124,26 @@ impl<'a> TarReader<'a> {
         self.cur = what;
     }
 
+    /// Reads into the non-empty `buf` at most `left` bytes of the current entry's `part`
+    /// ("data of", "padding after"), which the stream may not end before.
+    fn read_part(&mut self, buf: &mut [u8], left: u64, part: &str) -> Result<usize, UnpackError> {
+        let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+        let n = self.read_some(&mut buf[..want])?;
+        if n == 0 {
+            return Err(UnpackError::Corrupt(format!(
+                "the stream ends at byte {} in the {part} {}",
+                self.pos, self.cur
+            )));
+        }
+        Ok(n)
+    }
+
     /// Reads the current entry's data into `buf`; 0 once all of it is read.
     pub(super) fn data(&mut self, buf: &mut [u8]) -> Result<usize, UnpackError> {
         if self.left == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = usize::try_from(self.left).map_or(buf.len(), |l| l.min(buf.len()));
-        let n = self.read_some(&mut buf[..want])?;
-        if n == 0 {
-            return Err(UnpackError::Corrupt(format!(
-                "the stream ends at byte {} in the data of {}",
-                self.pos, self.cur
-            )));
-        }
+        let n = self.read_part(buf, self.left, "data of")?;
         self.left -= n as u64;
         Ok(n)
     }
@@ -146,15 +153,7 @@ impl<'a> TarReader<'a> {
         let mut scratch = [0u8; 8192];
         while self.data(&mut scratch)? > 0 {}
         while self.pad > 0 {
-            let want = usize::try_from(self.pad).map_or(scratch.len(), |p| p.min(scratch.len()));
-            let n = self.read_some(&mut scratch[..want])?;
-            if n == 0 {
-                return Err(UnpackError::Corrupt(format!(
-                    "the stream ends at byte {} in the padding after {}",
-                    self.pos, self.cur
-                )));
-            }
-            self.pad -= n as u64;
+            self.pad -= self.read_part(&mut scratch, self.pad, "padding after")? as u64;
         }
         Ok(())
     }

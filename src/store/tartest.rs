@@ -124,28 +124,25 @@ impl Scene {
     }
     /// Nothing appeared or changed next to `dest`.
     pub(super) fn outside_untouched(&self) {
-        let names = |d: &Path| {
-            let mut v: Vec<_> = fs::read_dir(d)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            v.sort();
-            v
-        };
-        assert_eq!(names(self.t.path()), ["dest", "outside"]);
-        assert_eq!(names(&self.outside), ["secret"]);
+        assert_eq!(dir_names(self.t.path()), ["dest", "outside"]);
+        assert_eq!(dir_names(&self.outside), ["secret"]);
         let secret = self.outside.join("secret");
         assert_eq!(fs::read_to_string(&secret).unwrap(), "s");
         assert_eq!(fs::symlink_metadata(&secret).unwrap().nlink(), 1);
     }
     pub(super) fn dest_names(&self) -> Vec<String> {
-        let mut v: Vec<_> = fs::read_dir(&self.dest)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        dir_names(&self.dest)
     }
+}
+
+/// The names in the directory `d`, sorted.
+fn dir_names(d: &Path) -> Vec<String> {
+    let mut v: Vec<_> = fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 /// The value of the xattr `name` of `path` (a symlink itself, not its target), if any.

@@ -380,7 +380,7 @@ impl Out {
         }
         let fd = file.as_fd();
         if self.chown {
-            rustix::fs::fchown(fd, Some(uid(&m.meta)), Some(gid(&m.meta)))
+            sys::chown_fd(fd, Some(m.meta.uid), Some(m.meta.gid))
                 .map_err(sys_err(shown, "chown"))?;
         }
         // After chown, which clears the set-id bits.
@@ -594,14 +594,6 @@ fn kept_xattrs<'m>(
         }
         Some((xname.as_os_str(), value.as_slice()))
     })
-}
-
-fn uid(meta: &Meta) -> rustix::fs::Uid {
-    rustix::fs::Uid::from_raw(meta.uid)
-}
-
-fn gid(meta: &Meta) -> rustix::fs::Gid {
-    rustix::fs::Gid::from_raw(meta.gid)
 }
 
 fn timestamps((s, n): (i64, i64)) -> rustix::fs::Timestamps {
