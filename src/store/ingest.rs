@@ -240,8 +240,11 @@ impl Store {
         let unpacker = std::thread::spawn(move || {
             let mut r = BufReader::with_capacity(1 << 20, reader);
             let stats = unpack::unpack(&mut r, &root, &Limits::default());
-            // Whatever follows the end of the archive is part of the tar (and its hash).
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
+            // Whatever follows the end of the archive is part of the tar (and its hash);
+            // a reader that stops here leaves the writer a closed pipe, which it reports.
+            if let Err(e) = std::io::copy(&mut r, &mut std::io::sink()) {
+                log::warn!("reading past the end of the tar: {e}");
+            }
             stats
         });
         let file = File::create(&tar).map_err(io_err(&tar))?;
