@@ -293,8 +293,8 @@ fn more_files_than_the_usual_soft_descriptor_limit_stay_open() {
         String::from_utf8_lossy(&out.stderr)
     );
     let m = StrataMount::adopt(&s.mnt());
-    let files: Vec<fs::File> = (0..1500)
+    // Each open file holds a descriptor of the daemon: all 1500 are open at once.
+    let _files: Vec<fs::File> = (0..1500)
         .map(|i| fs::File::open(m.path(&format!("f{i}"))).unwrap())
         .collect();
-    assert_eq!(files.len(), 1500);
 }

@@ -77,20 +77,15 @@ impl Scratch {
         self.path("mnt")
     }
 
-    /// `lowerdir=…,upperdir=…,workdir=…` for lowers `0..n` (lower0 on top), plus the
-    /// options in `STRATA_TEST_OPTS` (to run the suites under other data paths, e.g.
-    /// `passthrough=off`).
+    /// `lowerdir=…,upperdir=…,workdir=…` for lowers `0..n` (lower0 on top), plus
+    /// [`with_test_opts`].
     pub fn opts(&self, n: usize) -> String {
-        let mut o = format!(
+        with_test_opts(format!(
             "lowerdir={},upperdir={},workdir={}",
             self.lowerdir(n),
             self.upper().display(),
             self.work().display()
-        );
-        if let Ok(extra) = std::env::var("STRATA_TEST_OPTS") {
-            o = format!("{o},{extra}");
-        }
-        o
+        ))
     }
 
     pub fn lowerdir(&self, n: usize) -> String {
@@ -103,6 +98,15 @@ impl Scratch {
     /// Mounts strata with lowers `0..n`, upper and work.
     pub fn mount(&self, n: usize) -> StrataMount {
         StrataMount::new(&["mount", "-o", &self.opts(n), self.mnt().to_str().unwrap()])
+    }
+}
+
+/// Strata mount options `opts` plus those in `STRATA_TEST_OPTS` (to run the suites under
+/// other data paths, e.g. `passthrough=off`).
+pub fn with_test_opts(opts: String) -> String {
+    match std::env::var("STRATA_TEST_OPTS") {
+        Ok(extra) => format!("{opts},{extra}"),
+        Err(_) => opts,
     }
 }
 

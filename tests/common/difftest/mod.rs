@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, CWD};
 
-use crate::common::{require_root_and_fuse, strata, KernelMount, StrataMount, KERNEL_OPTS};
+use crate::common::{
+    require_root_and_fuse, strata, with_test_opts, KernelMount, StrataMount, KERNEL_OPTS,
+};
 use compare::Verdict;
 use exec::Side;
 use layers::{Entry, Layout};
@@ -205,15 +207,12 @@ impl Run {
         }
         let smnt = dir.path().join("s/box/mnt");
         let kmnt = dir.path().join("k/box/mnt");
-        let mut opts = format!(
+        let opts = with_test_opts(format!(
             "lowerdir={},upperdir={},workdir={}",
             s_lay.lowerdir(),
             s_lay.upper.display(),
             dir.path().join("s/w").display()
-        );
-        if let Ok(extra) = std::env::var("STRATA_TEST_OPTS") {
-            opts = format!("{opts},{extra}");
-        }
+        ));
         let out = strata(&["mount", "-o", &opts, smnt.to_str().unwrap()]);
         if !out.status.success() {
             return Err(divergence(
