@@ -443,7 +443,6 @@ pub fn rename_failed(a: &str, b: &str) {
     });
 }
 
-/// The first field in which two nodes differ (`a` strata's, `b` the kernel's).
 /// Whether strata's `x` and the kernel's `y` of the directory `rel` differ only by the
 /// kernel's new modification time after a failed rename from or into it.
 fn failed_rename_mtime(x: &StatV, y: &StatV, rel: &str) -> bool {
@@ -456,6 +455,7 @@ fn failed_rename_mtime(x: &StatV, y: &StatV, rel: &str) -> bool {
     dir && only_mtime && x.mtime.is_some() && y.mtime.is_none() && touched
 }
 
+/// The first field in which two nodes differ (`a` strata's, `b` the kernel's).
 fn field(a: &Node, b: &Node, rel: &str, s_upper: Option<&Path>, lenient: bool) -> &'static str {
     let (x, y) = (&a.st, &b.st);
     if failed_rename_mtime(x, y, rel) {
