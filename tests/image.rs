@@ -838,3 +838,25 @@ fn a_kill_at_any_point_of_import_commit_or_prune_loses_nothing_published() {
         "hello\n"
     );
 }
+
+#[test]
+fn check_repair_unpacks_a_missing_layer_directory_again_from_its_tar() {
+    let st = Store::new();
+    let src = st.s.dir("src");
+    base_tree(&src);
+    st.ok(&["import", src.to_str().unwrap(), "demo"]);
+    let diff = st.inspect("demo")["RootFS"]["Layers"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = st.root.join("layers").join(&diff[7..]);
+    fs::remove_dir_all(&dir).unwrap();
+    let out = String::from_utf8_lossy(&st.run(&["check"]).stdout).into_owned();
+    assert!(out.contains(&diff) && out.contains("is missing"), "{out}");
+    st.fails(&["check"]);
+    let out = st.ok(&["check", "--repair"]);
+    assert!(out.contains("unpacked again from its tar"), "{out}");
+    st.ok(&["check"]);
+    let (m, _) = st.mount("demo", "m1");
+    assert_eq!(tree(&m.mnt), tree(&src));
+}
