@@ -167,6 +167,15 @@ fn open(root: &Path) -> anyhow::Result<Store> {
     Store::open(root).with_context(|| format!("store {}", root.display()))
 }
 
+/// The outcome of a command run on several arguments, each done or refused on its own:
+/// an error with one line per refusal (`main` prefixes the first with `strata: `).
+fn each_ok(failed: &[String]) -> anyhow::Result<()> {
+    match failed.is_empty() {
+        true => Ok(()),
+        false => bail!("{}", failed.join("\nstrata: ")),
+    }
+}
+
 fn tag_ref(reference: Option<&str>) -> anyhow::Result<Option<ImageRef>> {
     let Some(r) = reference else { return Ok(None) };
     let parsed = ImageRef::parse(r)?;
@@ -559,10 +568,7 @@ pub fn inspect(root: &Path, a: InspectArgs) -> anyhow::Result<()> {
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
     found.serialize(&mut ser)?;
     println!("{}", String::from_utf8_lossy(&out));
-    if !failed.is_empty() {
-        bail!("{}", failed.join("\nstrata: "));
-    }
-    Ok(())
+    each_ok(&failed)
 }
 
 pub fn history(root: &Path, a: HistoryArgs) -> anyhow::Result<()> {
@@ -656,11 +662,8 @@ pub fn rmi(root: &Path, a: RmiArgs) -> anyhow::Result<()> {
     let store = open(root)?;
     let (done, errors) = store.rmi(&a.images, a.force, a.no_prune)?;
     print_removals(&done);
-    if !errors.is_empty() {
-        let msgs: Vec<String> = errors.iter().map(|e| format!("{e}")).collect();
-        bail!("{}", msgs.join("\nstrata: "));
-    }
-    Ok(())
+    let msgs: Vec<String> = errors.iter().map(|e| format!("{e}")).collect();
+    each_ok(&msgs)
 }
 
 pub fn prune(root: &Path, a: PruneArgs) -> anyhow::Result<()> {
@@ -709,7 +712,7 @@ pub fn ps(root: &Path, a: PsArgs) -> anyhow::Result<()> {
         };
         let shown = match a.no_trunc {
             true => id.clone(),
-            false => id[..12.min(id.len())].to_string(),
+            false => short_id(id).to_string(),
         };
         let status = match is_mounted(&m.mountpoint) {
             true => "mounted",
@@ -746,7 +749,7 @@ pub fn rm(root: &Path, a: RmArgs) -> anyhow::Result<()> {
                 if !a.force {
                     bail!(
                         "mount {} is mounted at {} (strata umount it first, or rm -f)",
-                        &id[..12],
+                        short_id(&id),
                         mp.display()
                     );
                 }
@@ -756,14 +759,11 @@ pub fn rm(root: &Path, a: RmArgs) -> anyhow::Result<()> {
             Ok(id)
         })();
         match r {
-            Ok(id) => println!("{}", &id[..12]),
+            Ok(id) => println!("{}", short_id(&id)),
             Err(e) => failed.push(format!("{e:#}")),
         }
     }
-    if !failed.is_empty() {
-        bail!("{}", failed.join("\nstrata: "));
-    }
-    Ok(())
+    each_ok(&failed)
 }
 
 pub fn check(root: &Path, a: CheckArgs) -> anyhow::Result<()> {

@@ -116,7 +116,7 @@ pub fn umount(a: UmountArgs, root: &Path) -> anyhow::Result<()> {
         if let Ok(id) = store.find_mount(&idx, &a.mountpoint.to_string_lossy()) {
             let mp = &idx.mounts[&id].mountpoint;
             if !is_mounted(mp) {
-                bail!("mount {} is not mounted", &id[..12]);
+                bail!("mount {} is not mounted", crate::store::short_id(&id));
             }
             return Ok(daemon::umount(mp, a.lazy)?);
         }

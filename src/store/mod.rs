@@ -189,10 +189,7 @@ fn by_prefix(idx: &Index, input: &str, hex: &str) -> Result<String, ImageError> 
         [one] => Ok(one.clone()),
         _ => Err(ImageError::Ambiguous {
             input: input.to_string(),
-            ids: ids
-                .iter()
-                .map(|i| index::hex_of(i)[..12].to_string())
-                .collect(),
+            ids: ids.iter().map(|i| short_id(i).to_string()).collect(),
         }),
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::index::MountRecord;
 use super::time::Timestamp;
-use super::{io_err, ImageError, Index, Store};
+use super::{io_err, short_id, ImageError, Index, Store};
 use crate::sys;
 
 /// A new mount, recorded and ready to be served.
@@ -58,7 +58,7 @@ impl Store {
             [] => Err(ImageError::NoSuchMount(input.to_string())),
             _ => Err(ImageError::Ambiguous {
                 input: input.to_string(),
-                ids: ids.iter().map(|i| i[..12].to_string()).collect(),
+                ids: ids.iter().map(|i| short_id(i).to_string()).collect(),
             }),
         }
     }
@@ -76,7 +76,7 @@ impl Store {
                 return Err(ImageError::Invalid(format!(
                     "{} is already the mountpoint of mount {}",
                     mountpoint.display(),
-                    &other[..12]
+                    short_id(other)
                 )));
             }
         }
