@@ -312,6 +312,57 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
+/// `a ÷ b` when both ran and `b` is positive.
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// A ratio as a table shows it (`–` when there is none).
+fn show_ratio(r: Option<f64>) -> String {
+    r.map_or("–".to_string(), |r| format!("{r:.2}"))
+}
+
+/// How many runs the most measured system of `metric` had.
+fn runs(all: &BTreeMap<(&'static str, &'static str), Vec<f64>>, metric: &str) -> usize {
+    all.iter()
+        .filter(|((m, _), _)| *m == metric)
+        .map(|(_, v)| v.len())
+        .max()
+        .unwrap_or(0)
+}
+
+impl Metric {
+    /// A median as a table shows it (`–` when the system did not run).
+    fn cell(&self, v: Option<f64>) -> String {
+        v.map_or("–".to_string(), |v| self.unit.show(v))
+    }
+
+    /// The target as the table states it and strata's verdict on it. `strata`: strata's
+    /// median; `ratio`: strata ÷ the table's reference (the kernel, or the store table's
+    /// baseline), for the targets that are ratios.
+    fn judge(&self, strata: Option<f64>, ratio: Option<f64>) -> (String, &'static str) {
+        let hib = self.unit.higher_is_better();
+        let label = self.unit.label();
+        match self.target {
+            Target::VsKernel(x) => {
+                let sign = if hib { "≥" } else { "≤" };
+                let v = ratio.map_or("–", |r| met(if hib { r >= x } else { r <= x }));
+                (format!("{sign} {x}×"), v)
+            }
+            Target::VsBaseline(x) => (format!("≤ {x}×"), ratio.map_or("–", |r| met(r <= x))),
+            Target::AtMost(x) => (
+                format!("≤ {} {label}", self.unit.show(x)),
+                strata.map_or("–", |v| met(v <= x)),
+            ),
+            Target::Below(x) => (format!("< {x} {label}"), strata.map_or("–", |v| met(v < x))),
+            Target::None => (String::new(), ""),
+        }
+    }
+}
+
 /// The Markdown table of medians, ratios and targets (for strata), with a `strata-all`
 /// column and its ratio to the kernel at the end when that system ran. A row measured
 /// fewer times than the run's repetitions says how many times.
@@ -340,36 +391,14 @@ pub fn table(samples: &[Sample]) -> String {
         if s.is_none() && k.is_none() && f.is_none() && a.is_none() {
             continue;
         }
-        let runs = all
-            .iter()
-            .filter(|((m, _), _)| *m == mt.name)
-            .map(|(_, v)| v.len())
-            .max()
-            .unwrap_or(0);
-        let what = match runs {
+        let what = match runs(&all, mt.name) {
             n if n >= reps => mt.what.to_string(),
             1 => format!("{}, 1 run", mt.what),
             n => format!("{}, {n} runs", mt.what),
         };
-        let show = |v: Option<f64>| v.map_or("–".to_string(), |v| mt.unit.show(v));
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let (rk, rf) = (ratio(s, k), ratio(s, f));
+        let rk = ratio(s, k);
+        let (target, verdict) = mt.judge(s, rk);
         let hib = mt.unit.higher_is_better();
-        let (target, verdict) = match mt.target {
-            Target::VsKernel(x) => {
-                let sign = if hib { "≥" } else { "≤" };
-                let v = rk.map_or("–", |r| met(if hib { r >= x } else { r <= x }));
-                (format!("{sign} {x}×"), v)
-            }
-            Target::AtMost(x) => (
-                format!("≤ {} {}", mt.unit.show(x), mt.unit.label()),
-                s.map_or("–", |v| met(v <= x)),
-            ),
-            Target::VsBaseline(_) | Target::Below(_) | Target::None => (String::new(), ""),
-        };
         let beats = match (mt.unit, s, f) {
             (Unit::Fds, ..) => "",
             (_, Some(s), Some(f)) => match if hib { s > f } else { s < f } {
@@ -378,19 +407,18 @@ pub fn table(samples: &[Sample]) -> String {
             },
             _ => "–",
         };
-        let r = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
         let _ = write!(
             t,
             "| {what} | {} | {} | {} | {} | {} | {target} | {verdict} | {} | {beats} |",
             mt.unit.label(),
-            show(s),
-            show(k),
-            show(f),
-            r(rk),
-            r(rf),
+            mt.cell(s),
+            mt.cell(k),
+            mt.cell(f),
+            show_ratio(rk),
+            show_ratio(ratio(s, f)),
         );
         if with_all {
-            let _ = write!(t, " {} | {} |", show(a), r(ratio(a, k)));
+            let _ = write!(t, " {} | {} |", mt.cell(a), show_ratio(ratio(a, k)));
         }
         t.push('\n');
     }
@@ -437,41 +465,19 @@ pub fn store_table(samples: &[Sample], tree: &str, images: &str) -> String {
         if s.is_none() && b.is_none() && o.is_none() {
             continue;
         }
-        let runs = all
-            .iter()
-            .filter(|((m, _), _)| *m == mt.name)
-            .map(|(_, v)| v.len())
-            .max()
-            .unwrap_or(0);
         let what = mt.what.replace("{tree}", tree).replace("{images}", images);
-        let show = |v: Option<f64>| v.map_or("–".to_string(), |v| mt.unit.show(v));
-        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let r = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
-        let ratio = div(s, b);
-        let (target, verdict) = match mt.target {
-            Target::VsBaseline(x) => (format!("≤ {x}×"), ratio.map_or("–", |r| met(r <= x))),
-            Target::Below(x) => (
-                format!("< {x} {}", mt.unit.label()),
-                s.map_or("–", |v| met(v < x)),
-            ),
-            Target::AtMost(x) => (
-                format!("≤ {} {}", mt.unit.show(x), mt.unit.label()),
-                s.map_or("–", |v| met(v <= x)),
-            ),
-            Target::VsKernel(_) | Target::None => (String::new(), ""),
-        };
+        let rb = ratio(s, b);
+        let (target, verdict) = mt.judge(s, rb);
         let _ = writeln!(
             t,
-            "| {what}, median of {runs} | {} | {} | {} | {} | {target} | {verdict} | {} | {} |",
+            "| {what}, median of {} | {} | {} | {} | {} | {target} | {verdict} | {} | {} |",
+            runs(&all, mt.name),
             mt.unit.label(),
-            show(s),
-            show(b),
-            r(ratio),
-            show(o),
-            r(div(s, o)),
+            mt.cell(s),
+            mt.cell(b),
+            show_ratio(rb),
+            mt.cell(o),
+            show_ratio(ratio(s, o)),
         );
     }
     t
