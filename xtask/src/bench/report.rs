@@ -532,12 +532,14 @@ pub fn write(
     );
     let md_path = dir.join(format!("{name}.md"));
     let csv_path = dir.join(format!("{name}.csv"));
+    let raw = csv(samples);
     fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
-    fs::write(&csv_path, csv(samples)).map_err(|e| format!("{}: {e}", csv_path.display()))?;
+    fs::write(&csv_path, &raw).map_err(|e| format!("{}: {e}", csv_path.display()))?;
     if let Some(l) = latest {
-        for (ext, body) in [("md", md.clone()), ("csv", csv(samples))] {
+        // The Markdown names its CSV: the latest copy names the latest CSV.
+        let md = md.replace(&format!("`{name}.csv`"), &format!("`{l}.csv`"));
+        for (ext, body) in [("md", &md), ("csv", &raw)] {
             let p = dir.join(format!("{l}.{ext}"));
-            let body = body.replace(&format!("`{name}.csv`"), &format!("`{l}.csv`"));
             fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
         }
     }
