@@ -560,6 +560,18 @@ mod tests {
         }
     }
 
+    /// One sample per value, the n-th of repetition n.
+    fn reps(metric: &'static str, system: &'static str, values: &[f64]) -> Vec<Sample> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(rep, v)| Sample {
+                rep,
+                ..s(metric, system, *v)
+            })
+            .collect()
+    }
+
     #[test]
     fn medians_of_odd_and_even_counts() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
@@ -602,19 +614,13 @@ mod tests {
 
     #[test]
     fn strata_all_has_a_column_where_it_ran() {
-        let mut samples = Vec::new();
-        for rep in 0..3 {
-            for (sys, v) in [("strata", 800.0), ("kernel", 1000.0), ("strata-all", 990.0)] {
-                samples.push(Sample {
-                    rep,
-                    ..s("seqread-cold", sys, v)
-                });
-            }
-            samples.push(Sample {
-                rep,
-                ..s("stat-cold", "strata", 2.0)
-            });
-        }
+        let samples = [
+            reps("seqread-cold", "strata", &[800.0; 3]),
+            reps("seqread-cold", "kernel", &[1000.0; 3]),
+            reps("seqread-cold", "strata-all", &[990.0; 3]),
+            reps("stat-cold", "strata", &[2.0; 3]),
+        ]
+        .concat();
         let t = table(&samples);
         assert!(t
             .lines()
@@ -633,29 +639,18 @@ mod tests {
 
     #[test]
     fn the_store_table_judges_against_the_baseline_and_the_bound() {
-        let mut samples = Vec::new();
-        for (rep, (st, base, ossl)) in [(9.0, 6.0, 1.0), (12.0, 7.0, 2.0), (10.0, 6.5, 1.5)]
-            .into_iter()
-            .enumerate()
-        {
-            for (sys, v) in [("strata", st), (BASELINE, base), (OPENSSL, ossl)] {
-                samples.push(Sample {
-                    rep,
-                    ..s("commit-warm", sys, v)
-                });
-            }
-        }
-        samples.push(s("commit-cold", "strata", 8.0));
-        samples.push(s("commit-cold", BASELINE, 5.0));
-        for (rep, v) in [40.0, 60.0, 45.0].into_iter().enumerate() {
-            samples.push(Sample {
-                rep,
-                ..s("images", "strata", v)
-            });
-        }
-        samples.push(s("inspect", "strata", 50.0));
-        // Filesystem samples run alongside: they stay out of the store table.
-        samples.push(s("stat-cold", "strata", 2.0));
+        let samples = [
+            reps("commit-warm", "strata", &[9.0, 12.0, 10.0]),
+            reps("commit-warm", BASELINE, &[6.0, 7.0, 6.5]),
+            reps("commit-warm", OPENSSL, &[1.0, 2.0, 1.5]),
+            reps("commit-cold", "strata", &[8.0]),
+            reps("commit-cold", BASELINE, &[5.0]),
+            reps("images", "strata", &[40.0, 60.0, 45.0]),
+            reps("inspect", "strata", &[50.0]),
+            // Filesystem samples run alongside: they stay out of the store table.
+            reps("stat-cold", "strata", &[2.0]),
+        ]
+        .concat();
         let t = store_table(&samples, "1.00 GiB in 10,000 files", "1,000");
         let row = |what: &str| t.lines().find(|l| l.contains(what)).unwrap().to_string();
         assert_eq!(
@@ -677,13 +672,11 @@ mod tests {
 
     #[test]
     fn store_samples_stay_out_of_the_filesystem_table() {
-        let mut samples = vec![s("stat-cold", "strata", 2.0), s("stat-cold", "kernel", 1.0)];
-        for rep in 0..20 {
-            samples.push(Sample {
-                rep,
-                ..s("images", "strata", 10.0)
-            });
-        }
+        let samples = [
+            vec![s("stat-cold", "strata", 2.0), s("stat-cold", "kernel", 1.0)],
+            reps("images", "strata", &[10.0; 20]),
+        ]
+        .concat();
         let t = table(&samples);
         assert!(t.contains("| stat every entry, cold |"), "{t}");
         assert!(!t.contains("images"));
@@ -694,13 +687,11 @@ mod tests {
 
     #[test]
     fn rows_measured_once_say_so() {
-        let mut samples = vec![s("walk-1m", "strata", 40.0), s("walk-1m", "kernel", 20.0)];
-        for rep in 0..3 {
-            samples.push(Sample {
-                rep,
-                ..s("stat-cold", "strata", 2.0)
-            });
-        }
+        let samples = [
+            vec![s("walk-1m", "strata", 40.0), s("walk-1m", "kernel", 20.0)],
+            reps("stat-cold", "strata", &[2.0; 3]),
+        ]
+        .concat();
         let t = table(&samples);
         assert!(t.contains("| stat walk of the 1M-entry layer (quick: 50k), cold, 1 run |"));
         assert!(t.contains("| stat every entry, cold |"));
