@@ -242,13 +242,7 @@ fn timed(cmd: &mut Command) -> Result<(Duration, String)> {
         .output()
         .map_err(|e| format!("{shown}: {e}"))?;
     let took = start.elapsed();
-    if !o.status.success() {
-        return Err(format!(
-            "{shown} failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
-    }
+    super::succeeded(&shown, o.status, &o.stderr)?;
     Ok((took, String::from_utf8_lossy(&o.stdout).into_owned()))
 }
 
