@@ -273,12 +273,8 @@ impl<'a> StoreMount<'a> {
             return Err(format!("{} is still mounted after umount", mnt.display()));
         }
         if let Some(pid) = daemon {
-            let start = Instant::now();
-            while systems::alive(pid) {
-                if start.elapsed() > Duration::from_secs(10) {
-                    return Err(format!("the strata daemon {pid} did not exit after umount"));
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if !systems::exited(pid) {
+                return Err(format!("the strata daemon {pid} did not exit after umount"));
             }
         }
         Ok(m)
@@ -291,26 +287,13 @@ impl<'a> StoreMount<'a> {
 
 impl Drop for StoreMount<'_> {
     fn drop(&mut self) {
-        unmount_leftover(&self.mnt);
-    }
-}
-
-/// Unmounts `mnt` when something is mounted there (lazily as a last resort).
-fn unmount_leftover(mnt: &Path) {
-    if !systems::is_mounted(mnt) {
-        return;
-    }
-    if let Err(e) = run(Command::new("umount").arg(mnt)) {
-        eprintln!("bench: {e}; unmounting lazily");
-        if let Err(e) = run(Command::new("umount").arg("-l").arg(mnt)) {
-            eprintln!("bench: {e}");
-        }
+        systems::unmount_leftover(&self.mnt);
     }
 }
 
 /// Removes a scratch directory of a store (after unmounting whatever it left mounted).
 fn remove_store(dir: &Path, mnt: &Path) -> Result {
-    unmount_leftover(mnt);
+    systems::unmount_leftover(mnt);
     if dir.exists() {
         fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
