@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use super::data::{self, Rng};
 use super::report::{self, BASELINE, OPENSSL};
 use super::systems;
-use crate::{run, Result};
+use crate::{is_mounted, run, Result};
 
 /// The name `--only` selects the group by.
 pub const NAME: &str = "store";
@@ -269,7 +269,7 @@ impl<'a> StoreMount<'a> {
         }
         let daemon = systems::find_daemon("strata", mnt);
         store.out(&["umount", &m.id])?;
-        if systems::is_mounted(mnt) {
+        if is_mounted(mnt) {
             return Err(format!("{} is still mounted after umount", mnt.display()));
         }
         if let Some(pid) = daemon {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{run, Result};
+use crate::{is_mounted, run, Result};
 
 /// The names `--systems` accepts, in the default order.
 pub const ALL: [&str; 4] = ["strata", "kernel", "fuse-overlayfs", "strata-all"];
@@ -61,16 +61,6 @@ pub struct Mount {
     /// The FUSE daemon serving the mount (none for the kernel).
     pub pid: Option<i32>,
     mounted: bool,
-}
-
-/// True when `mnt` is a mount point in this namespace.
-pub(super) fn is_mounted(mnt: &Path) -> bool {
-    let want = mnt.display().to_string();
-    fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .any(|m| m == want)
 }
 
 /// The daemon whose command line names `mnt` and whose program is `prog`.
