@@ -108,14 +108,27 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> Result {
     Ok(())
 }
 
-/// Mounts left behind by tests (their scratch directories are named `strata-test-*`).
-fn leftover_mounts() -> Vec<String> {
+/// The mount points of this namespace (the second field of `/proc/self/mounts`).
+fn mount_points() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(1))
-        .filter(|m| m.contains("strata-test-"))
         .map(str::to_string)
+        .collect()
+}
+
+/// True when `mnt` is a mount point in this namespace.
+fn is_mounted(mnt: &Path) -> bool {
+    let want = mnt.display().to_string();
+    mount_points().contains(&want)
+}
+
+/// Mounts left behind by tests (their scratch directories are named `strata-test-*`).
+fn leftover_mounts() -> Vec<String> {
+    mount_points()
+        .into_iter()
+        .filter(|m| m.contains("strata-test-"))
         .collect()
 }
 
@@ -248,12 +261,7 @@ struct DemoMount(PathBuf);
 
 impl Drop for DemoMount {
     fn drop(&mut self) {
-        let mounted = |p: &Path| {
-            std::fs::read_to_string("/proc/self/mounts")
-                .unwrap_or_default()
-                .contains(&format!(" {} ", p.display()))
-        };
-        if mounted(&self.0) {
+        if is_mounted(&self.0) {
             if let Err(e) = run(Command::new("umount").arg("-l").arg(&self.0)) {
                 eprintln!("xtask: {e}");
             }

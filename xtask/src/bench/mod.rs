@@ -21,7 +21,7 @@ mod workloads;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Instant;
 
 use crate::{can_mount, cargo, ensure_packages, root, Result};
@@ -506,6 +506,18 @@ fn header(
         spent = spent.join(", "),
     ));
     h
+}
+
+/// Fails with the command, its exit status and what it said on stderr unless it
+/// succeeded.
+fn succeeded(shown: &str, status: ExitStatus, stderr: &[u8]) -> Result {
+    if status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{shown} failed ({status}): {}",
+        String::from_utf8_lossy(stderr).trim()
+    ))
 }
 
 fn git() -> Command {

@@ -312,6 +312,57 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
+/// `a ÷ b` when both ran and `b` is positive.
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// A ratio as a table shows it (`–` when there is none).
+fn show_ratio(r: Option<f64>) -> String {
+    r.map_or("–".to_string(), |r| format!("{r:.2}"))
+}
+
+/// How many runs the most measured system of `metric` had.
+fn runs(all: &BTreeMap<(&'static str, &'static str), Vec<f64>>, metric: &str) -> usize {
+    all.iter()
+        .filter(|((m, _), _)| *m == metric)
+        .map(|(_, v)| v.len())
+        .max()
+        .unwrap_or(0)
+}
+
+impl Metric {
+    /// A median as a table shows it (`–` when the system did not run).
+    fn cell(&self, v: Option<f64>) -> String {
+        v.map_or("–".to_string(), |v| self.unit.show(v))
+    }
+
+    /// The target as the table states it and strata's verdict on it. `strata`: strata's
+    /// median; `ratio`: strata ÷ the table's reference (the kernel, or the store table's
+    /// baseline), for the targets that are ratios.
+    fn judge(&self, strata: Option<f64>, ratio: Option<f64>) -> (String, &'static str) {
+        let hib = self.unit.higher_is_better();
+        let label = self.unit.label();
+        match self.target {
+            Target::VsKernel(x) => {
+                let sign = if hib { "≥" } else { "≤" };
+                let v = ratio.map_or("–", |r| met(if hib { r >= x } else { r <= x }));
+                (format!("{sign} {x}×"), v)
+            }
+            Target::VsBaseline(x) => (format!("≤ {x}×"), ratio.map_or("–", |r| met(r <= x))),
+            Target::AtMost(x) => (
+                format!("≤ {} {label}", self.unit.show(x)),
+                strata.map_or("–", |v| met(v <= x)),
+            ),
+            Target::Below(x) => (format!("< {x} {label}"), strata.map_or("–", |v| met(v < x))),
+            Target::None => (String::new(), ""),
+        }
+    }
+}
+
 /// The Markdown table of medians, ratios and targets (for strata), with a `strata-all`
 /// column and its ratio to the kernel at the end when that system ran. A row measured
 /// fewer times than the run's repetitions says how many times.
@@ -340,36 +391,14 @@ pub fn table(samples: &[Sample]) -> String {
         if s.is_none() && k.is_none() && f.is_none() && a.is_none() {
             continue;
         }
-        let runs = all
-            .iter()
-            .filter(|((m, _), _)| *m == mt.name)
-            .map(|(_, v)| v.len())
-            .max()
-            .unwrap_or(0);
-        let what = match runs {
+        let what = match runs(&all, mt.name) {
             n if n >= reps => mt.what.to_string(),
             1 => format!("{}, 1 run", mt.what),
             n => format!("{}, {n} runs", mt.what),
         };
-        let show = |v: Option<f64>| v.map_or("–".to_string(), |v| mt.unit.show(v));
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let (rk, rf) = (ratio(s, k), ratio(s, f));
+        let rk = ratio(s, k);
+        let (target, verdict) = mt.judge(s, rk);
         let hib = mt.unit.higher_is_better();
-        let (target, verdict) = match mt.target {
-            Target::VsKernel(x) => {
-                let sign = if hib { "≥" } else { "≤" };
-                let v = rk.map_or("–", |r| met(if hib { r >= x } else { r <= x }));
-                (format!("{sign} {x}×"), v)
-            }
-            Target::AtMost(x) => (
-                format!("≤ {} {}", mt.unit.show(x), mt.unit.label()),
-                s.map_or("–", |v| met(v <= x)),
-            ),
-            Target::VsBaseline(_) | Target::Below(_) | Target::None => (String::new(), ""),
-        };
         let beats = match (mt.unit, s, f) {
             (Unit::Fds, ..) => "",
             (_, Some(s), Some(f)) => match if hib { s > f } else { s < f } {
@@ -378,19 +407,18 @@ pub fn table(samples: &[Sample]) -> String {
             },
             _ => "–",
         };
-        let r = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
         let _ = write!(
             t,
             "| {what} | {} | {} | {} | {} | {} | {target} | {verdict} | {} | {beats} |",
             mt.unit.label(),
-            show(s),
-            show(k),
-            show(f),
-            r(rk),
-            r(rf),
+            mt.cell(s),
+            mt.cell(k),
+            mt.cell(f),
+            show_ratio(rk),
+            show_ratio(ratio(s, f)),
         );
         if with_all {
-            let _ = write!(t, " {} | {} |", show(a), r(ratio(a, k)));
+            let _ = write!(t, " {} | {} |", mt.cell(a), show_ratio(ratio(a, k)));
         }
         t.push('\n');
     }
@@ -437,41 +465,19 @@ pub fn store_table(samples: &[Sample], tree: &str, images: &str) -> String {
         if s.is_none() && b.is_none() && o.is_none() {
             continue;
         }
-        let runs = all
-            .iter()
-            .filter(|((m, _), _)| *m == mt.name)
-            .map(|(_, v)| v.len())
-            .max()
-            .unwrap_or(0);
         let what = mt.what.replace("{tree}", tree).replace("{images}", images);
-        let show = |v: Option<f64>| v.map_or("–".to_string(), |v| mt.unit.show(v));
-        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let r = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
-        let ratio = div(s, b);
-        let (target, verdict) = match mt.target {
-            Target::VsBaseline(x) => (format!("≤ {x}×"), ratio.map_or("–", |r| met(r <= x))),
-            Target::Below(x) => (
-                format!("< {x} {}", mt.unit.label()),
-                s.map_or("–", |v| met(v < x)),
-            ),
-            Target::AtMost(x) => (
-                format!("≤ {} {}", mt.unit.show(x), mt.unit.label()),
-                s.map_or("–", |v| met(v <= x)),
-            ),
-            Target::VsKernel(_) | Target::None => (String::new(), ""),
-        };
+        let rb = ratio(s, b);
+        let (target, verdict) = mt.judge(s, rb);
         let _ = writeln!(
             t,
-            "| {what}, median of {runs} | {} | {} | {} | {} | {target} | {verdict} | {} | {} |",
+            "| {what}, median of {} | {} | {} | {} | {} | {target} | {verdict} | {} | {} |",
+            runs(&all, mt.name),
             mt.unit.label(),
-            show(s),
-            show(b),
-            r(ratio),
-            show(o),
-            r(div(s, o)),
+            mt.cell(s),
+            mt.cell(b),
+            show_ratio(rb),
+            mt.cell(o),
+            show_ratio(ratio(s, o)),
         );
     }
     t
@@ -526,12 +532,14 @@ pub fn write(
     );
     let md_path = dir.join(format!("{name}.md"));
     let csv_path = dir.join(format!("{name}.csv"));
+    let raw = csv(samples);
     fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
-    fs::write(&csv_path, csv(samples)).map_err(|e| format!("{}: {e}", csv_path.display()))?;
+    fs::write(&csv_path, &raw).map_err(|e| format!("{}: {e}", csv_path.display()))?;
     if let Some(l) = latest {
-        for (ext, body) in [("md", md.clone()), ("csv", csv(samples))] {
+        // The Markdown names its CSV: the latest copy names the latest CSV.
+        let md = md.replace(&format!("`{name}.csv`"), &format!("`{l}.csv`"));
+        for (ext, body) in [("md", &md), ("csv", &raw)] {
             let p = dir.join(format!("{l}.{ext}"));
-            let body = body.replace(&format!("`{name}.csv`"), &format!("`{l}.csv`"));
             fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
         }
     }
@@ -550,6 +558,18 @@ mod tests {
             slot: 0,
             value,
         }
+    }
+
+    /// One sample per value, the n-th of repetition n.
+    fn reps(metric: &'static str, system: &'static str, values: &[f64]) -> Vec<Sample> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(rep, v)| Sample {
+                rep,
+                ..s(metric, system, *v)
+            })
+            .collect()
     }
 
     #[test]
@@ -594,19 +614,13 @@ mod tests {
 
     #[test]
     fn strata_all_has_a_column_where_it_ran() {
-        let mut samples = Vec::new();
-        for rep in 0..3 {
-            for (sys, v) in [("strata", 800.0), ("kernel", 1000.0), ("strata-all", 990.0)] {
-                samples.push(Sample {
-                    rep,
-                    ..s("seqread-cold", sys, v)
-                });
-            }
-            samples.push(Sample {
-                rep,
-                ..s("stat-cold", "strata", 2.0)
-            });
-        }
+        let samples = [
+            reps("seqread-cold", "strata", &[800.0; 3]),
+            reps("seqread-cold", "kernel", &[1000.0; 3]),
+            reps("seqread-cold", "strata-all", &[990.0; 3]),
+            reps("stat-cold", "strata", &[2.0; 3]),
+        ]
+        .concat();
         let t = table(&samples);
         assert!(t
             .lines()
@@ -625,29 +639,18 @@ mod tests {
 
     #[test]
     fn the_store_table_judges_against_the_baseline_and_the_bound() {
-        let mut samples = Vec::new();
-        for (rep, (st, base, ossl)) in [(9.0, 6.0, 1.0), (12.0, 7.0, 2.0), (10.0, 6.5, 1.5)]
-            .into_iter()
-            .enumerate()
-        {
-            for (sys, v) in [("strata", st), (BASELINE, base), (OPENSSL, ossl)] {
-                samples.push(Sample {
-                    rep,
-                    ..s("commit-warm", sys, v)
-                });
-            }
-        }
-        samples.push(s("commit-cold", "strata", 8.0));
-        samples.push(s("commit-cold", BASELINE, 5.0));
-        for (rep, v) in [40.0, 60.0, 45.0].into_iter().enumerate() {
-            samples.push(Sample {
-                rep,
-                ..s("images", "strata", v)
-            });
-        }
-        samples.push(s("inspect", "strata", 50.0));
-        // Filesystem samples run alongside: they stay out of the store table.
-        samples.push(s("stat-cold", "strata", 2.0));
+        let samples = [
+            reps("commit-warm", "strata", &[9.0, 12.0, 10.0]),
+            reps("commit-warm", BASELINE, &[6.0, 7.0, 6.5]),
+            reps("commit-warm", OPENSSL, &[1.0, 2.0, 1.5]),
+            reps("commit-cold", "strata", &[8.0]),
+            reps("commit-cold", BASELINE, &[5.0]),
+            reps("images", "strata", &[40.0, 60.0, 45.0]),
+            reps("inspect", "strata", &[50.0]),
+            // Filesystem samples run alongside: they stay out of the store table.
+            reps("stat-cold", "strata", &[2.0]),
+        ]
+        .concat();
         let t = store_table(&samples, "1.00 GiB in 10,000 files", "1,000");
         let row = |what: &str| t.lines().find(|l| l.contains(what)).unwrap().to_string();
         assert_eq!(
@@ -669,13 +672,11 @@ mod tests {
 
     #[test]
     fn store_samples_stay_out_of_the_filesystem_table() {
-        let mut samples = vec![s("stat-cold", "strata", 2.0), s("stat-cold", "kernel", 1.0)];
-        for rep in 0..20 {
-            samples.push(Sample {
-                rep,
-                ..s("images", "strata", 10.0)
-            });
-        }
+        let samples = [
+            vec![s("stat-cold", "strata", 2.0), s("stat-cold", "kernel", 1.0)],
+            reps("images", "strata", &[10.0; 20]),
+        ]
+        .concat();
         let t = table(&samples);
         assert!(t.contains("| stat every entry, cold |"), "{t}");
         assert!(!t.contains("images"));
@@ -686,13 +687,11 @@ mod tests {
 
     #[test]
     fn rows_measured_once_say_so() {
-        let mut samples = vec![s("walk-1m", "strata", 40.0), s("walk-1m", "kernel", 20.0)];
-        for rep in 0..3 {
-            samples.push(Sample {
-                rep,
-                ..s("stat-cold", "strata", 2.0)
-            });
-        }
+        let samples = [
+            vec![s("walk-1m", "strata", 40.0), s("walk-1m", "kernel", 20.0)],
+            reps("stat-cold", "strata", &[2.0; 3]),
+        ]
+        .concat();
         let t = table(&samples);
         assert!(t.contains("| stat walk of the 1M-entry layer (quick: 50k), cold, 1 run |"));
         assert!(t.contains("| stat every entry, cold |"));

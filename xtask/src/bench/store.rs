@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use super::data::{self, Rng};
 use super::report::{self, BASELINE, OPENSSL};
 use super::systems;
-use crate::{run, Result};
+use crate::{is_mounted, run, Result};
 
 /// The name `--only` selects the group by.
 pub const NAME: &str = "store";
@@ -242,13 +242,7 @@ fn timed(cmd: &mut Command) -> Result<(Duration, String)> {
         .output()
         .map_err(|e| format!("{shown}: {e}"))?;
     let took = start.elapsed();
-    if !o.status.success() {
-        return Err(format!(
-            "{shown} failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
-    }
+    super::succeeded(&shown, o.status, &o.stderr)?;
     Ok((took, String::from_utf8_lossy(&o.stdout).into_owned()))
 }
 
@@ -275,16 +269,12 @@ impl<'a> StoreMount<'a> {
         }
         let daemon = systems::find_daemon("strata", mnt);
         store.out(&["umount", &m.id])?;
-        if systems::is_mounted(mnt) {
+        if is_mounted(mnt) {
             return Err(format!("{} is still mounted after umount", mnt.display()));
         }
         if let Some(pid) = daemon {
-            let start = Instant::now();
-            while systems::alive(pid) {
-                if start.elapsed() > Duration::from_secs(10) {
-                    return Err(format!("the strata daemon {pid} did not exit after umount"));
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if !systems::exited(pid) {
+                return Err(format!("the strata daemon {pid} did not exit after umount"));
             }
         }
         Ok(m)
@@ -297,26 +287,13 @@ impl<'a> StoreMount<'a> {
 
 impl Drop for StoreMount<'_> {
     fn drop(&mut self) {
-        unmount_leftover(&self.mnt);
-    }
-}
-
-/// Unmounts `mnt` when something is mounted there (lazily as a last resort).
-fn unmount_leftover(mnt: &Path) {
-    if !systems::is_mounted(mnt) {
-        return;
-    }
-    if let Err(e) = run(Command::new("umount").arg(mnt)) {
-        eprintln!("bench: {e}; unmounting lazily");
-        if let Err(e) = run(Command::new("umount").arg("-l").arg(mnt)) {
-            eprintln!("bench: {e}");
-        }
+        systems::unmount_leftover(&self.mnt);
     }
 }
 
 /// Removes a scratch directory of a store (after unmounting whatever it left mounted).
 fn remove_store(dir: &Path, mnt: &Path) -> Result {
-    unmount_leftover(mnt);
+    systems::unmount_leftover(mnt);
     if dir.exists() {
         fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

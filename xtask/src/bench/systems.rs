@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{run, Result};
+use crate::{is_mounted, run, Result};
 
 /// The names `--systems` accepts, in the default order.
 pub const ALL: [&str; 4] = ["strata", "kernel", "fuse-overlayfs", "strata-all"];
@@ -63,16 +63,6 @@ pub struct Mount {
     mounted: bool,
 }
 
-/// True when `mnt` is a mount point in this namespace.
-pub(super) fn is_mounted(mnt: &Path) -> bool {
-    let want = mnt.display().to_string();
-    fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .any(|m| m == want)
-}
-
 /// The daemon whose command line names `mnt` and whose program is `prog`.
 pub(super) fn find_daemon(prog: &str, mnt: &Path) -> Option<i32> {
     let want = mnt.display().to_string();
@@ -99,7 +89,7 @@ pub(super) fn find_daemon(prog: &str, mnt: &Path) -> Option<i32> {
 /// even though `/proc/PID` stays until its parent reaps it: the daemons detach to be
 /// children of init, and an init that reaps lazily (this machine's takes about 1.5 s)
 /// would otherwise add that to every FUSE mount of the run.
-pub(super) fn alive(pid: i32) -> bool {
+fn alive(pid: i32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -108,6 +98,32 @@ pub(super) fn alive(pid: i32) -> bool {
         .rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next());
     !matches!(state, Some("Z" | "X"))
+}
+
+/// Waits up to ten seconds for `pid` to exit; false when it still runs.
+pub(super) fn exited(pid: i32) -> bool {
+    let start = Instant::now();
+    while alive(pid) {
+        if start.elapsed() > Duration::from_secs(10) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Unmounts `mnt` when something is mounted there (lazily as a last resort), saying what
+/// failed: for guards, which cannot return an error.
+pub(super) fn unmount_leftover(mnt: &Path) {
+    if !is_mounted(mnt) {
+        return;
+    }
+    if let Err(e) = run(Command::new("umount").arg(mnt)) {
+        eprintln!("bench: {e}; unmounting lazily");
+        if let Err(e) = run(Command::new("umount").arg("-l").arg(mnt)) {
+            eprintln!("bench: {e}");
+        }
+    }
 }
 
 impl Mount {
@@ -214,23 +230,18 @@ impl Mount {
     /// Waits up to ten seconds for the daemon to exit, then ends it by its id.
     fn wait_daemon(&self) -> Result {
         let Some(pid) = self.pid else { return Ok(()) };
-        let start = Instant::now();
-        while alive(pid) {
-            if start.elapsed() > Duration::from_secs(10) {
-                if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                    if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::TERM)
-                    {
-                        eprintln!("bench: cannot end {} daemon {pid}: {e}", self.system);
-                    }
-                }
-                return Err(format!(
-                    "the {} daemon {pid} did not exit after umount",
-                    self.system
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if exited(pid) {
+            return Ok(());
         }
-        Ok(())
+        if let Some(p) = rustix::process::Pid::from_raw(pid) {
+            if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::TERM) {
+                eprintln!("bench: cannot end {} daemon {pid}: {e}", self.system);
+            }
+        }
+        Err(format!(
+            "the {} daemon {pid} did not exit after umount",
+            self.system
+        ))
     }
 
     fn clean(&self) -> Result {
@@ -275,14 +286,7 @@ impl Drop for Mount {
         if !self.mounted {
             return;
         }
-        if is_mounted(&self.mnt) {
-            if let Err(e) = run(Command::new("umount").arg(&self.mnt)) {
-                eprintln!("bench: {e}; unmounting lazily");
-                if let Err(e) = run(Command::new("umount").arg("-l").arg(&self.mnt)) {
-                    eprintln!("bench: {e}");
-                }
-            }
-        }
+        unmount_leftover(&self.mnt);
         if let Err(e) = self.wait_daemon() {
             eprintln!("bench: {e}");
         }

@@ -138,13 +138,7 @@ fn timed(cmd: &mut Command) -> Result<Output> {
         .wait_with_output()
         .map_err(|e| format!("{shown}: {e}"))?;
     let took = start.elapsed();
-    if !out.status.success() {
-        return Err(format!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+    super::succeeded(&shown, out.status, &out.stderr)?;
     Ok(Output {
         took,
         bytes,
