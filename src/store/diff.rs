@@ -201,16 +201,6 @@ struct DiskDir {
     node: Option<u64>,
 }
 
-impl DiskDir {
-    fn new(fd: OwnedFd, prefix: Vec<u8>) -> DiskDir {
-        DiskDir {
-            fd,
-            prefix,
-            node: None,
-        }
-    }
-}
-
 /// A step of the walk.
 enum Step {
     /// The directory on top is done.
@@ -279,14 +269,7 @@ impl Tree {
     fn run(&self, w: &mut Writer<'_>) -> Result<(), DiffError> {
         let root = rustix::fs::open(&self.root, dir_flags(), Mode::empty())
             .map_err(|e| self.io(b"", e))?;
-        let (whiteouts, children) = self.list_disk(root.as_fd(), b"")?;
-        w.tar
-            .whiteouts(b"", &whiteouts)
-            .map_err(|e| self.io(b"", e))?;
-        let mut stack = vec![Frame::Disk {
-            dir: DiskDir::new(root, Vec::new()),
-            children: children.into_iter(),
-        }];
+        let mut stack = vec![self.enter_disk(w, root, Vec::new())?];
         while let Some(top) = stack.last_mut() {
             let step = match top {
                 Frame::Disk { dir, children } => match children.next() {
@@ -311,6 +294,28 @@ impl Tree {
             }
         }
         Ok(())
+    }
+
+    /// Starts the tree's directory `fd` (tar name `prefix`, its header written): writes its
+    /// whiteouts; the frame of its other children.
+    fn enter_disk(
+        &self,
+        w: &mut Writer<'_>,
+        fd: OwnedFd,
+        prefix: Vec<u8>,
+    ) -> Result<Frame, DiffError> {
+        let (whiteouts, children) = self.list_disk(fd.as_fd(), &prefix)?;
+        w.tar
+            .whiteouts(&prefix, &whiteouts)
+            .map_err(|e| self.io(&prefix, e))?;
+        Ok(Frame::Disk {
+            dir: DiskDir {
+                fd,
+                prefix,
+                node: None,
+            },
+            children: children.into_iter(),
+        })
     }
 
     /// The entries of the tree's directory `dir` (tar name `prefix`) sorted by name: the
@@ -469,26 +474,14 @@ impl Tree {
                 // written whole, as the union shows it, over nothing.
                 w.tar.opaque(&name).map_err(io)?;
                 let id = self.node_of(&name)?;
-                let children = self.list_node(id, &name)?;
-                return Ok(Some(Frame::Node {
-                    id,
-                    prefix: name,
-                    children: children.into_iter(),
-                }));
+                return self.enter_node(id, name).map(Some);
             }
             if diff && self.is_opaque(dir, &c, &name)? {
                 w.tar.opaque(&name).map_err(io)?;
             }
             let fd = rustix::fs::openat(dir, &c.name, dir_flags(), Mode::empty())
                 .map_err(|e| self.io(&name, e))?;
-            let (whiteouts, children) = self.list_disk(fd.as_fd(), &name)?;
-            w.tar
-                .whiteouts(&name, &whiteouts)
-                .map_err(|e| self.io(&name, e))?;
-            return Ok(Some(Frame::Disk {
-                dir: DiskDir::new(fd, name),
-                children: children.into_iter(),
-            }));
+            return self.enter_disk(w, fd, name).map(Some);
         }
         if w.tar.link(&name, &meta).map_err(|e| self.io(&name, e))? {
             return Ok(None);
@@ -547,8 +540,10 @@ impl Tree {
             .map_err(|e| self.io(name, e))
     }
 
-    /// The entries of directory node `id` of the union, sorted by name.
-    fn list_node(&self, id: u64, rel: &[u8]) -> Result<Vec<NodeChild>, DiffError> {
+    /// Starts directory node `id` of the union (tar name `prefix`, its header written): the
+    /// frame of its entries, sorted by name.
+    fn enter_node(&self, id: u64, prefix: Vec<u8>) -> Result<Frame, DiffError> {
+        let rel = &prefix[..];
         let u = self.union()?;
         let fh = u.opendir(id).map_err(|e| self.io(rel, uerr(e)))?;
         let entries = u.readdir(fh, 0);
@@ -570,7 +565,11 @@ impl Tree {
             }
         }
         out.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        Ok(out)
+        Ok(Frame::Node {
+            id,
+            prefix,
+            children: out.into_iter(),
+        })
     }
 
     /// Writes the child `c` of directory node `parent` of the union (below a renamed
@@ -592,12 +591,7 @@ impl Tree {
             w.tar
                 .entry(&name, &meta, &Body::Dir, &xattrs)
                 .map_err(|e| self.io(&name, e))?;
-            let children = self.list_node(id, &name)?;
-            return Ok(Some(Frame::Node {
-                id,
-                prefix: name,
-                children: children.into_iter(),
-            }));
+            return self.enter_node(id, name).map(Some);
         }
         if w.tar.link(&name, &meta).map_err(|e| self.io(&name, e))? {
             return Ok(None);
