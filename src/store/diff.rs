@@ -1026,4 +1026,33 @@ mod tests {
             assert_eq!(e.data, format!("data of {f}").as_bytes(), "{f}");
         }
     }
+
+    #[test]
+    fn names_a_layer_cannot_carry_are_refused() {
+        let refused = |src: &Source, entry: &str| {
+            let r = write_layer(src, &std::env::temp_dir(), &mut io::sink());
+            match r {
+                Err(DiffError::Unrepresentable { path, .. }) => {
+                    assert!(path.ends_with(entry), "{path}")
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let d = tempfile::tempdir().unwrap();
+        // A user file named `.wh.*` in a diff would read back as a whiteout.
+        let upper = d.path().join("upper");
+        fs::create_dir_all(upper.join("dir")).unwrap();
+        fs::write(upper.join("dir/.wh.x"), b"").unwrap();
+        let diff = Source::Diff {
+            upper: upper.clone(),
+            lowers: Vec::new(),
+        };
+        refused(&diff, "dir/.wh.x");
+        // An xattr name holding '=' cannot be a PAX record, in a diff or a base.
+        fs::remove_file(upper.join("dir/.wh.x")).unwrap();
+        fs::write(upper.join("dir/f"), b"f").unwrap();
+        set_xattr(&upper.join("dir/f"), "user.a=b", b"v");
+        refused(&diff, "dir/f");
+        refused(&Source::Base(upper), "dir/f");
+    }
 }
