@@ -182,8 +182,7 @@ struct NodeChild {
 /// A directory being written: the children not written yet.
 enum Frame {
     Disk {
-        fd: OwnedFd,
-        prefix: Vec<u8>,
+        dir: DiskDir,
         children: std::vec::IntoIter<DiskChild>,
     },
     Node {
@@ -191,6 +190,15 @@ enum Frame {
         prefix: Vec<u8>,
         children: std::vec::IntoIter<NodeChild>,
     },
+}
+
+/// A directory of the tree being written.
+struct DiskDir {
+    fd: OwnedFd,
+    /// Its tar name (empty for the root, else ending with `/`).
+    prefix: Vec<u8>,
+    /// Its union node, once a metadata-only copy in it needed one.
+    node: Option<u64>,
 }
 
 /// A step of the walk.
@@ -261,24 +269,12 @@ impl Tree {
     fn run(&self, w: &mut Writer<'_>) -> Result<(), DiffError> {
         let root = rustix::fs::open(&self.root, dir_flags(), Mode::empty())
             .map_err(|e| self.io(b"", e))?;
-        let (whiteouts, children) = self.list_disk(root.as_fd(), b"")?;
-        w.tar
-            .whiteouts(b"", &whiteouts)
-            .map_err(|e| self.io(b"", e))?;
-        let mut stack = vec![Frame::Disk {
-            fd: root,
-            prefix: Vec::new(),
-            children: children.into_iter(),
-        }];
+        let mut stack = vec![self.enter_disk(w, root, Vec::new())?];
         while let Some(top) = stack.last_mut() {
             let step = match top {
-                Frame::Disk {
-                    fd,
-                    prefix,
-                    children,
-                } => match children.next() {
+                Frame::Disk { dir, children } => match children.next() {
                     None => Step::Pop,
-                    Some(c) => Step::Next(self.disk_child(w, fd.as_fd(), prefix, c)?),
+                    Some(c) => Step::Next(self.disk_child(w, dir, c)?),
                 },
                 Frame::Node {
                     id,
@@ -298,6 +294,28 @@ impl Tree {
             }
         }
         Ok(())
+    }
+
+    /// Starts the tree's directory `fd` (tar name `prefix`, its header written): writes its
+    /// whiteouts; the frame of its other children.
+    fn enter_disk(
+        &self,
+        w: &mut Writer<'_>,
+        fd: OwnedFd,
+        prefix: Vec<u8>,
+    ) -> Result<Frame, DiffError> {
+        let (whiteouts, children) = self.list_disk(fd.as_fd(), &prefix)?;
+        w.tar
+            .whiteouts(&prefix, &whiteouts)
+            .map_err(|e| self.io(&prefix, e))?;
+        Ok(Frame::Disk {
+            dir: DiskDir {
+                fd,
+                prefix,
+                node: None,
+            },
+            children: children.into_iter(),
+        })
     }
 
     /// The entries of the tree's directory `dir` (tar name `prefix`) sorted by name: the
@@ -434,16 +452,16 @@ impl Tree {
         Ok(false)
     }
 
-    /// Writes the child `c` of the tree's directory `dir` (tar name `prefix`); a directory
-    /// to walk next, if it is one.
+    /// Writes the child `c` of the tree's directory `parent`; a directory to walk next, if
+    /// it is one.
     fn disk_child(
         &self,
         w: &mut Writer<'_>,
-        dir: BorrowedFd<'_>,
-        prefix: &[u8],
+        parent: &mut DiskDir,
         c: DiskChild,
     ) -> Result<Option<Frame>, DiffError> {
-        let mut name = [prefix, c.name.as_bytes()].concat();
+        let dir = parent.fd.as_fd();
+        let mut name = [&parent.prefix[..], c.name.as_bytes()].concat();
         let meta = Meta::of_stat(&c.st);
         let diff = self.kind == Kind::Diff;
         if meta.fmt() == libc::S_IFDIR {
@@ -456,27 +474,14 @@ impl Tree {
                 // written whole, as the union shows it, over nothing.
                 w.tar.opaque(&name).map_err(io)?;
                 let id = self.node_of(&name)?;
-                let children = self.list_node(id, &name)?;
-                return Ok(Some(Frame::Node {
-                    id,
-                    prefix: name,
-                    children: children.into_iter(),
-                }));
+                return self.enter_node(id, name).map(Some);
             }
             if diff && self.is_opaque(dir, &c, &name)? {
                 w.tar.opaque(&name).map_err(io)?;
             }
             let fd = rustix::fs::openat(dir, &c.name, dir_flags(), Mode::empty())
                 .map_err(|e| self.io(&name, e))?;
-            let (whiteouts, children) = self.list_disk(fd.as_fd(), &name)?;
-            w.tar
-                .whiteouts(&name, &whiteouts)
-                .map_err(|e| self.io(&name, e))?;
-            return Ok(Some(Frame::Disk {
-                fd,
-                prefix: name,
-                children: children.into_iter(),
-            }));
+            return self.enter_disk(w, fd, name).map(Some);
         }
         if w.tar.link(&name, &meta).map_err(|e| self.io(&name, e))? {
             return Ok(None);
@@ -486,12 +491,15 @@ impl Tree {
         match meta.fmt() {
             libc::S_IFREG => {
                 let metacopy = diff && lists_any(&c.xattrs, &METACOPY_XATTRS);
-                let node_parent;
                 let src = match metacopy {
-                    // Only the metadata is in the upper: the union finds the data.
+                    // Only the metadata is in the upper: the union finds the data. The walk
+                    // from the union's root to the directory is made once per directory.
                     true => {
-                        node_parent = self.node_of(prefix)?;
-                        FileSrc::Node(self.union()?, node_parent, &c.name)
+                        let node = match parent.node {
+                            Some(id) => id,
+                            None => *parent.node.insert(self.node_of(&parent.prefix)?),
+                        };
+                        FileSrc::Node(self.union()?, node, &c.name)
                     }
                     false => FileSrc::Disk(dir, &c.name),
                 };
@@ -532,8 +540,10 @@ impl Tree {
             .map_err(|e| self.io(name, e))
     }
 
-    /// The entries of directory node `id` of the union, sorted by name.
-    fn list_node(&self, id: u64, rel: &[u8]) -> Result<Vec<NodeChild>, DiffError> {
+    /// Starts directory node `id` of the union (tar name `prefix`, its header written): the
+    /// frame of its entries, sorted by name.
+    fn enter_node(&self, id: u64, prefix: Vec<u8>) -> Result<Frame, DiffError> {
+        let rel = &prefix[..];
         let u = self.union()?;
         let fh = u.opendir(id).map_err(|e| self.io(rel, uerr(e)))?;
         let entries = u.readdir(fh, 0);
@@ -555,7 +565,11 @@ impl Tree {
             }
         }
         out.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        Ok(out)
+        Ok(Frame::Node {
+            id,
+            prefix,
+            children: out.into_iter(),
+        })
     }
 
     /// Writes the child `c` of directory node `parent` of the union (below a renamed
@@ -577,12 +591,7 @@ impl Tree {
             w.tar
                 .entry(&name, &meta, &Body::Dir, &xattrs)
                 .map_err(|e| self.io(&name, e))?;
-            let children = self.list_node(id, &name)?;
-            return Ok(Some(Frame::Node {
-                id,
-                prefix: name,
-                children: children.into_iter(),
-            }));
+            return self.enter_node(id, name).map(Some);
         }
         if w.tar.link(&name, &meta).map_err(|e| self.io(&name, e))? {
             return Ok(None);
@@ -782,6 +791,29 @@ mod tests {
     /// A kernel overlay mount, unmounted on drop.
     struct Mounted(PathBuf);
 
+    impl Mounted {
+        /// Mounts `lower`, `upper` and `work` (made by the caller) at `mnt` with redirects,
+        /// metadata-only copies and the index on.
+        fn overlay(lower: &Path, upper: &Path, work: &Path, mnt: &Path) -> Mounted {
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={},redirect_dir=on,metacopy=on,index=on",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            let data = std::ffi::CString::new(opts).unwrap();
+            rustix::mount::mount(
+                "overlay",
+                mnt,
+                "overlay",
+                rustix::mount::MountFlags::empty(),
+                data.as_c_str(),
+            )
+            .unwrap();
+            Mounted(mnt.to_path_buf())
+        }
+    }
+
     impl Drop for Mounted {
         fn drop(&mut self) {
             if let Err(e) = sys::unmount(&self.0, false) {
@@ -839,22 +871,7 @@ mod tests {
         fs::set_permissions(l("big"), fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(l("keep"), b"keepdata").unwrap();
 
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=on,metacopy=on,index=on",
-            lower.display(),
-            upper.display(),
-            work.display()
-        );
-        let data = std::ffi::CString::new(opts).unwrap();
-        rustix::mount::mount(
-            "overlay",
-            &mnt,
-            "overlay",
-            rustix::mount::MountFlags::empty(),
-            data.as_c_str(),
-        )
-        .unwrap();
-        let mounted = Mounted(mnt.clone());
+        let mounted = Mounted::overlay(&lower, &upper, &work, &mnt);
         let m = |s: &str| mnt.join(s);
         fs::remove_file(m("gone")).unwrap();
         fs::remove_dir_all(m("dir1")).unwrap();
@@ -957,5 +974,85 @@ mod tests {
         drop(mounted);
         let (unmounted, _) = write(&src);
         assert!(unmounted == bytes, "the same upper, unmounted, differs");
+    }
+
+    #[test]
+    fn metadata_only_copies_in_nested_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = |s: &str| {
+            let p = d.path().join(s);
+            fs::create_dir(&p).unwrap();
+            p
+        };
+        let (lower, upper, work, mnt) = (dir("lower"), dir("upper"), dir("work"), dir("mnt"));
+        // Two files in each of two nested directories: the union node of a directory
+        // serves both of its files, and only its own.
+        let files = ["a/b/1", "a/b/2", "a/c/1", "a/c/2"];
+        for f in files {
+            let p = lower.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, format!("data of {f}")).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let mounted = Mounted::overlay(&lower, &upper, &work, &mnt);
+        for f in files {
+            fs::set_permissions(mnt.join(f), fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        for f in files {
+            let u = upper.join(f);
+            assert!(xattr(&u, "trusted.overlay.metacopy").is_some(), "{f}");
+            let want = format!("data of {f}");
+            assert_ne!(
+                fs::read(&u).unwrap(),
+                want.as_bytes(),
+                "{f}: data in the upper"
+            );
+        }
+
+        let src = Source::Diff {
+            upper: upper.clone(),
+            lowers: vec![lower.clone()],
+        };
+        let (bytes, _) = write(&src);
+        drop(mounted);
+        let ents = read_tar(&bytes);
+        assert_eq!(
+            names(&ents),
+            ["a/", "a/b/", "a/b/1", "a/b/2", "a/c/", "a/c/1", "a/c/2"]
+        );
+        for f in files {
+            let e = find(&ents, f);
+            assert_eq!(e.mode, 0o600, "{f}");
+            assert_eq!(e.data, format!("data of {f}").as_bytes(), "{f}");
+        }
+    }
+
+    #[test]
+    fn names_a_layer_cannot_carry_are_refused() {
+        let refused = |src: &Source, entry: &str| {
+            let r = write_layer(src, &std::env::temp_dir(), &mut io::sink());
+            match r {
+                Err(DiffError::Unrepresentable { path, .. }) => {
+                    assert!(path.ends_with(entry), "{path}")
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let d = tempfile::tempdir().unwrap();
+        // A user file named `.wh.*` in a diff would read back as a whiteout.
+        let upper = d.path().join("upper");
+        fs::create_dir_all(upper.join("dir")).unwrap();
+        fs::write(upper.join("dir/.wh.x"), b"").unwrap();
+        let diff = Source::Diff {
+            upper: upper.clone(),
+            lowers: Vec::new(),
+        };
+        refused(&diff, "dir/.wh.x");
+        // An xattr name holding '=' cannot be a PAX record, in a diff or a base.
+        fs::remove_file(upper.join("dir/.wh.x")).unwrap();
+        fs::write(upper.join("dir/f"), b"f").unwrap();
+        set_xattr(&upper.join("dir/f"), "user.a=b", b"v");
+        refused(&diff, "dir/f");
+        refused(&Source::Base(upper), "dir/f");
     }
 }

@@ -178,9 +178,9 @@ pub(super) fn uerr(e: Errno) -> io::Error {
 }
 
 impl FileSrc<'_> {
-    /// Opens the data; with the metadata of the entry.
-    fn open(&self) -> io::Result<(OwnedFd, Meta)> {
-        match self {
+    /// Opens the data; with the data's `fstat` and the metadata of the entry.
+    fn open(&self) -> io::Result<(OwnedFd, sys::Stat, Meta)> {
+        let (fd, meta) = match self {
             FileSrc::Disk(dir, name) => {
                 // O_NONBLOCK: should a fifo have taken the name, the open must not hang.
                 let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -191,8 +191,7 @@ impl FileSrc<'_> {
                         }
                         r => r,
                     }?;
-                let meta = Meta::of_stat(&sys::stat_fd(fd.as_fd())?);
-                Ok((fd, meta))
+                (fd, None)
             }
             FileSrc::Node(u, parent, name) => {
                 let attr = u.lookup(*parent, name).map_err(uerr)?;
@@ -200,18 +199,21 @@ impl FileSrc<'_> {
                 let fd = u.with_settled_fd(fh, true, |fd| fd.try_clone_to_owned());
                 u.release(fh);
                 let fd = fd.ok_or_else(|| io::Error::other("the union gave no descriptor"))??;
-                Ok((fd, Meta::of_attr(&attr)))
+                (fd, Some(Meta::of_attr(&attr)))
             }
-        }
+        };
+        let st = sys::stat_fd(fd.as_fd())?;
+        let meta = meta.unwrap_or_else(|| Meta::of_stat(&st));
+        Ok((fd, st, meta))
     }
 
-    /// The metadata of the entry now (after its data was read through `fd`).
-    fn meta_again(&self, fd: BorrowedFd<'_>, before: &Meta) -> io::Result<Meta> {
+    /// The metadata of the entry now, `after` being the `fstat` of its data after the read.
+    fn meta_again(&self, after: &sys::Stat, before: &Meta) -> io::Result<Meta> {
         match (self, before.key) {
             (FileSrc::Node(u, ..), LinkKey::Node(id)) => {
                 Ok(Meta::of_attr(&u.getattr(id).map_err(uerr)?))
             }
-            _ => Ok(Meta::of_stat(&sys::stat_fd(fd)?)),
+            _ => Ok(Meta::of_stat(after)),
         }
     }
 }
@@ -247,8 +249,9 @@ impl<'w> Writer<'w> {
         xattrs: &[(Vec<u8>, Vec<u8>)],
     ) -> io::Result<bool> {
         for _ in 0..TRIES {
-            let (fd, meta) = src.open()?;
-            let before = sys::stat_fd(fd.as_fd())?;
+            // One `fstat` before the read and one after serve both the stamp check and,
+            // for a file of the tree, its metadata.
+            let (fd, before, meta) = src.open()?;
             if before.st_mode & libc::S_IFMT != libc::S_IFREG {
                 // Something else took the name: the tree is moving.
                 continue;
@@ -256,7 +259,7 @@ impl<'w> Writer<'w> {
             let size = u64::try_from(before.st_size).unwrap_or(0);
             let whole = self.data.take(fd.as_fd(), size)?;
             let after = sys::stat_fd(fd.as_fd())?;
-            let again = src.meta_again(fd.as_fd(), &meta)?;
+            let again = src.meta_again(&after, &meta)?;
             if whole && stamp(&before) == stamp(&after) && again == meta {
                 if let Some(wait) = unsettled(&after) {
                     // A write that began just before `before` may still have been copying
