@@ -131,12 +131,6 @@ pub(super) fn write_with(
     Ok(w.tar.stats)
 }
 
-/// True for the xattrs of the overlay format, never written into a layer. Escaped user
-/// xattrs (`trusted.overlay.overlay.*`) go too: a layer tar has no way to say them.
-fn overlay_private(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
-}
-
 /// An entry's xattrs to write: (name, value), sorted by name.
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -391,7 +385,7 @@ impl Tree {
     ) -> Result<Xattrs, DiffError> {
         let mut out = Vec::new();
         for n in c.xattrs.split(|b| *b == 0) {
-            if n.is_empty() || overlay_private(n) {
+            if n.is_empty() || layer::in_overlay_namespace(n) {
                 continue;
             }
             let value = sys::xattr_get_at(dir, &c.name, OsStr::from_bytes(n))
@@ -414,7 +408,7 @@ impl Tree {
         let names = u.listxattr(id, root).map_err(|e| self.io(rel, uerr(e)))?;
         let mut out = Vec::new();
         for n in names.split(|b| *b == 0) {
-            if n.is_empty() || overlay_private(n) {
+            if n.is_empty() || layer::in_overlay_namespace(n) {
                 continue;
             }
             match u.getxattr(id, OsStr::from_bytes(n)) {

@@ -588,7 +588,7 @@ fn kept_xattrs<'m>(
 ) -> impl Iterator<Item = (&'m OsStr, &'m [u8])> + 'm {
     meta.xattrs.iter().filter_map(move |(xname, value)| {
         let b = xname.as_bytes();
-        if b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.") {
+        if crate::union::layer::in_overlay_namespace(b) {
             log::warn!("tar entry {shown:?}: the overlay xattr {xname:?} is not applied");
             return None;
         }

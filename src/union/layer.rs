@@ -49,6 +49,12 @@ pub fn is_private_xattr(name: &OsStr) -> bool {
     (b.starts_with(TRUSTED_OVERLAY) && !b.starts_with(ESCAPED)) || b.starts_with(USER_OVERLAY)
 }
 
+/// True for every xattr name in the overlay namespaces, escaped user ones included: what
+/// a layer tar never carries (a tar has no way to say which are format and which data).
+pub fn in_overlay_namespace(name: &[u8]) -> bool {
+    name.starts_with(TRUSTED_OVERLAY) || name.starts_with(USER_OVERLAY)
+}
+
 /// The name stored in a layer for an xattr named `name` through the mount, escaped as the
 /// kernel does (`trusted.overlay.X` → `trusted.overlay.overlay.X`); `None` for the
 /// `user.overlay.` namespace, which strata reads as overlay metadata and never stores.
